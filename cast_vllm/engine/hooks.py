@@ -1,0 +1,118 @@
+"""The three engine hooks, installed by the plugin in every vLLM process (each is inert for
+models that are not steering wrappers):
+
+- front end: ``InputProcessor.process_inputs`` validates and resolves steering, salts the prefix cache;
+- engine core: ``Scheduler.schedule`` keeps steered requests within the slot budget;
+- worker: ``GPUModelRunner._model_forward`` (V1 runner, CPU and GPU) indexes tokens to slots.
+
+The V2 GPU runner has no such hook here yet, so the plugin keeps vLLM on the V1 runner.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+_MISSING = object()
+
+
+def install() -> None:
+    # The V2 model runner (GPU default) would bypass the runner hook: steering silently off.
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    _patch_admission()
+    _patch_scheduler()
+    _patch_runner()
+
+
+def _patch_admission() -> None:
+    from vllm.sampling_params import SamplingParams
+    from vllm.v1.engine.input_processor import InputProcessor
+
+    from cast_vllm.engine.admission import RESOLVED_KEY, Admission, salt_for
+    from cast_vllm.engine.settings import SteeringSettings, is_steering_model
+    from cast_vllm.spec import SteeringSpecError
+
+    original = InputProcessor.process_inputs
+    if getattr(original, "_cast_patched", False):
+        return
+
+    @functools.wraps(original)
+    def process_inputs(self, request_id, prompt, params, *args, **kwargs):
+        admission = getattr(self, "_cast_admission", _MISSING)
+        if admission is _MISSING:
+            hf_config = self.model_config.hf_config
+            admission = None
+            if is_steering_model(hf_config):
+                admission = Admission(SteeringSettings.from_hf_config(hf_config),
+                                      self.model_config.get_hidden_size(),
+                                      self.model_config.get_num_layers(self.vllm_config.parallel_config))
+            self._cast_admission = admission
+        steered = isinstance(params, SamplingParams) and (params.extra_args or {}).get("steering") is not None
+        if admission is None:
+            if steered:
+                raise SteeringSpecError(
+                    "invalid steering: this model is not served with a steering architecture "
+                    "(use SteeredLLM or hf_overrides={'architectures': ['Cast<Arch>ForCausalLM']})")
+            return original(self, request_id, prompt, params, *args, **kwargs)
+        resolved = admission.resolve(params.extra_args) if isinstance(params, SamplingParams) else None
+        request = original(self, request_id, prompt, params, *args, **kwargs)
+        if resolved is not None:
+            sp = request.sampling_params
+            sp.extra_args = {**(sp.extra_args or {}), RESOLVED_KEY: resolved}
+            request.cache_salt = salt_for(resolved, request.cache_salt)
+        return request
+
+    process_inputs._cast_patched = True
+    InputProcessor.process_inputs = process_inputs
+
+
+def _patch_scheduler() -> None:
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    from cast_vllm.engine.scheduler_hook import SlotBudget
+    from cast_vllm.engine.settings import SteeringSettings, is_steering_model
+
+    original = Scheduler.schedule
+    if getattr(original, "_cast_patched", False):
+        return
+
+    @functools.wraps(original)
+    def schedule(self, *args, **kwargs):
+        budget = getattr(self, "_cast_budget", _MISSING)
+        if budget is _MISSING:
+            hf_config = self.vllm_config.model_config.hf_config
+            budget = (SlotBudget(SteeringSettings.from_hf_config(hf_config).max_steering_vectors)
+                      if is_steering_model(hf_config) else None)
+            self._cast_budget = budget
+        held = budget.hold_back(self) if budget is not None and self.waiting else []
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            if held:
+                self.waiting.prepend_requests(reversed(held))
+
+    schedule._cast_patched = True
+    Scheduler.schedule = schedule
+
+
+def _patch_runner() -> None:
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    original = GPUModelRunner._model_forward
+    if getattr(original, "_cast_patched", False):
+        return
+
+    @functools.wraps(original)
+    def _model_forward(self, *args, **kwargs):
+        indexer = getattr(self, "_cast_indexer", _MISSING)
+        if indexer is _MISSING:
+            state = getattr(self.get_model(), "cast_steering", None)
+            indexer = self._cast_indexer = state.indexer if state is not None else None
+        if indexer is not None:
+            indexer.prepare(self)
+        return original(self, *args, **kwargs)
+
+    _model_forward._cast_patched = True
+    GPUModelRunner._model_forward = _model_forward

@@ -1,0 +1,71 @@
+"""Which steering configuration occupies which slot row (worker side).
+
+A slot key is (steering key, active components): a request whose components cover different
+positions needs one row per distinct set of active components. Rows are loaded on demand and
+kept LRU; a row used by a token of the current step is never evicted. The scheduler hook keeps
+the rows needed by running requests within the slot budget, so a step always fits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+
+import torch
+
+from cast_vllm.engine.slot_table import SlotTable
+from cast_vllm.store import BlobCache
+
+logger = logging.getLogger(__name__)
+
+
+class SlotManager:
+    def __init__(self, table: SlotTable):
+        self.table = table
+        self.blobs = BlobCache(capacity=max(64, 4 * table.num_slots))
+        self._slots: OrderedDict[tuple, int] = OrderedDict()  # key -> slot, least recent first
+        self._free = list(range(table.num_slots, 0, -1))
+        self._pinned: set[int] = set()
+        self.loads = 0
+        self.evictions = 0
+
+    def begin_step(self) -> None:
+        self._pinned.clear()
+
+    def slot_for(self, resolved: dict, active: tuple[int, ...]) -> int:
+        key = (resolved["key"], active)
+        slot = self._slots.get(key)
+        if slot is not None:
+            self._slots.move_to_end(key)
+        else:
+            slot = self._take_slot()
+            rows, modes = self._rows(resolved, active)
+            self.table.write_slot(slot, rows, modes)
+            self._slots[key] = slot
+            self.loads += 1
+        self._pinned.add(slot)
+        return slot
+
+    def _take_slot(self) -> int:
+        if self._free:
+            return self._free.pop()
+        for key, slot in self._slots.items():  # least recently used first
+            if slot not in self._pinned:
+                del self._slots[key]
+                self.evictions += 1
+                return slot
+        raise RuntimeError(
+            f"all {self.table.num_slots} steering slots are used by this step's tokens; the scheduler "
+            "hook should have held requests back (raise max_steering_vectors)")
+
+    def _rows(self, resolved: dict, active: tuple[int, ...]):
+        rows: dict[int, torch.Tensor] = {}
+        modes: dict[int, str] = {}
+        for index in active:
+            comp = resolved["components"][index]
+            vec = self.blobs.get(comp["hash"], comp["blob"])
+            for layer in comp["layers"]:
+                delta = comp["scale"] * vec.directions[layer]
+                rows[layer] = rows[layer] + delta if layer in rows else delta
+                modes[layer] = comp["mode"]
+        return rows, modes

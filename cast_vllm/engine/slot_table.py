@@ -1,0 +1,95 @@
+"""The slot table: persistent per-layer buffers the steered layers read every forward pass.
+
+Like vLLM's LoRA punica buffers: allocated once at model construction, updated only in place
+(outside the compiled region), so torch.compile (traced once) and CUDA graphs (fixed
+addresses) always read current values. Row 0 of every layer is zero: "not steered".
+
+  rows        [num_layers, slots + 1, hidden]  float32, scale already applied
+  modes       [num_layers, slots + 1]          int32, 0 = add, 1 = norm_preserving
+  token_slots [max_tokens]                     int32, the row each scheduled token reads
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from cast_vllm.engine.steering_op import steering_fn
+
+logger = logging.getLogger(__name__)
+MODE_IDS = {"add": 0, "norm_preserving": 1}
+
+
+class SteeredLayerMixin:
+    """Mixed into each decoder layer's class: run the layer, then steer its residual output."""
+
+    def forward(self, positions, hidden_states, residual, *args, **kwargs):
+        hidden_states, residual = super().forward(positions, hidden_states, residual, *args, **kwargs)
+        residual = self.cast_steer(hidden_states, residual, self.cast_rows, self.cast_modes, self.cast_token_slots)
+        return hidden_states, residual
+
+
+_steered_classes: dict[type, type] = {}
+
+
+def _steered_class(cls: type) -> type:
+    if cls not in _steered_classes:
+        _steered_classes[cls] = type(f"Steered{cls.__name__}", (SteeredLayerMixin, cls), {})
+    return _steered_classes[cls]
+
+
+class SlotTable:
+    def __init__(self, layers: nn.ModuleList, num_slots: int, hidden_size: int, max_tokens: int,
+                 device: torch.device):
+        self.num_layers = len(layers)
+        self.num_slots = num_slots
+        self.hidden_size = hidden_size
+        self.max_tokens = max_tokens
+        self.rows = torch.zeros(self.num_layers, num_slots + 1, hidden_size, dtype=torch.float32, device=device)
+        self.modes = torch.zeros(self.num_layers, num_slots + 1, dtype=torch.int32, device=device)
+        self.token_slots = torch.zeros(max_tokens, dtype=torch.int32, device=device)
+        self._host_slots = np.zeros(max_tokens, dtype=np.int32)
+        self._dirty_tokens = 0  # leading entries of token_slots that may be non-zero
+        self.layers = list(layers)
+        steer = steering_fn(self.rows.device)
+        for i, layer in enumerate(self.layers):
+            # Swapping the class (not wrapping the module) keeps parameter names for the weight loader.
+            layer.__class__ = _steered_class(type(layer))
+            layer.register_buffer("cast_rows", self.rows[i], persistent=False)
+            layer.register_buffer("cast_modes", self.modes[i], persistent=False)
+            layer.register_buffer("cast_token_slots", self.token_slots, persistent=False)
+            object.__setattr__(layer, "cast_steer", steer)
+        nbytes = sum(t.numel() * t.element_size() for t in (self.rows, self.modes, self.token_slots))
+        logger.info("steering slot table: %d layers x %d slots x %d hidden, %d tokens: %.2f MiB on %s",
+                    self.num_layers, num_slots, hidden_size, max_tokens, nbytes / 2**20, device)
+
+    def write_slot(self, slot: int, rows: dict[int, torch.Tensor], modes: dict[int, str]) -> None:
+        """Fill one slot in place: every layer of the row is rewritten (absent layers -> zero, add)."""
+        assert 1 <= slot <= self.num_slots
+        full = torch.zeros(self.num_layers, self.hidden_size, dtype=torch.float32)
+        mode_ids = torch.zeros(self.num_layers, dtype=torch.int32)
+        for layer, row in rows.items():
+            full[layer] = row
+            mode_ids[layer] = MODE_IDS[modes[layer]]
+        for i, layer in enumerate(self.layers):  # through each layer's own buffer, robust to module moves
+            layer.cast_rows[slot].copy_(full[i], non_blocking=True)
+            layer.cast_modes[slot].copy_(mode_ids[i], non_blocking=True)
+
+    def host_token_slots(self) -> np.ndarray:
+        return self._host_slots
+
+    def publish_token_slots(self, num_tokens: int) -> None:
+        """Copy the first ``num_tokens`` host entries to the device; entries past them become 0."""
+        if num_tokens > self.max_tokens:
+            raise RuntimeError(f"{num_tokens} tokens exceed the steering index buffer ({self.max_tokens})")
+        n = max(num_tokens, self._dirty_tokens)
+        if n == 0:
+            return
+        self._host_slots[num_tokens:n] = 0
+        src = torch.from_numpy(self._host_slots[:n])
+        for buf in {id(layer.cast_token_slots): layer.cast_token_slots for layer in self.layers}.values():
+            buf[:n].copy_(src, non_blocking=True)
+        self._dirty_tokens = num_tokens if self._host_slots[:num_tokens].any() else 0
