@@ -47,6 +47,7 @@ class SteeredLLM(LLM):
                                     max_steering_vectors, float(max_steering_scale))
         kwargs["hf_overrides"] = {**(kwargs.get("hf_overrides") or {}), "architectures": [wrapper],
                                   **settings.to_overrides()}
+        kwargs.setdefault("worker_extension_cls", "cast_vllm.engine.worker_extension.SteeringWorkerExtension")
         if _cpu_only() and "kv_cache_memory_bytes" not in kwargs and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             kwargs["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
         super().__init__(model=model, **kwargs)
@@ -62,6 +63,10 @@ class SteeredLLM(LLM):
 
     def list_vectors(self) -> list[str]:
         return self.vector_store.names()
+
+    def steering_stats(self) -> list[dict]:
+        """Per-worker slot-table counters: slots, slots_in_use, loads, evictions."""
+        return self.collective_rpc("cast_steering_stats")
 
 
 def _cpu_only() -> bool:

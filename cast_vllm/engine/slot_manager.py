@@ -29,6 +29,10 @@ class SlotManager:
         self.loads = 0
         self.evictions = 0
 
+    @property
+    def slots_in_use(self) -> int:
+        return len(self._slots)
+
     def begin_step(self) -> None:
         self._pinned.clear()
 
