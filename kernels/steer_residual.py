@@ -1,0 +1,158 @@
+"""Fused activation steering on vLLM's (hidden, residual) pair.
+
+A vLLM decoder layer returns ``(hidden, residual)`` and the true residual stream is
+``h = hidden + residual``. Steering rewrites only the residual half so the next layer's
+fused add + RMSNorm sees the steered stream. Each token looks up one row of a per-layer
+table through ``token_slots``; row 0 is all zeros and means "unsteered".
+
+Modes (``modes[slot]``), with ``d = table[slot]`` and everything computed in float32:
+
+- 0, add:             ``new_residual = residual + d``
+- 1, norm_preserving: ``hn = h + d``, ``new_residual = hn * ||h|| / max(||hn||, eps) - hidden``
+
+A token whose row is all zeros (slot 0 in particular) gets ``residual`` back bitwise, in
+either mode, so unsteered requests in a mixed batch match an engine without steering.
+
+``steer_residual_reference`` is pure torch (Dynamo traces it on CPU inside vLLM's compiled
+model); ``steer_residual_triton`` is one launch for the whole batch, one program per token.
+"""
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: steer_residual() dispatches to the reference.
+    triton = None
+
+MODE_ADD = 0
+MODE_NORM_PRESERVING = 1
+EPS = 1e-6
+
+
+def steer_residual_reference(
+    hidden: Tensor, residual: Tensor, table: Tensor, modes: Tensor, token_slots: Tensor
+) -> Tensor:
+    """Both modes are computed for every token and selected with ``where``: the graph is
+    traced once and replayed, so it cannot branch on tensor values."""
+    num_tokens = residual.shape[0]
+    slots = token_slots[:num_tokens].long()
+    d = table[slots]
+    r = residual.float()
+    x = hidden.float()
+    h = x + r
+    hn = h + d
+    scale = torch.linalg.vector_norm(h, dim=-1, keepdim=True) / torch.linalg.vector_norm(
+        hn, dim=-1, keepdim=True
+    ).clamp_min(EPS)
+    norm_preserving = (modes[slots] == MODE_NORM_PRESERVING).unsqueeze(-1)
+    steered = torch.where(norm_preserving, hn * scale - x, r + d).to(residual.dtype)
+    # r + 0.0 turns -0.0 into +0.0, so zero rows select the input rather than rely on it.
+    is_steered = (d != 0).any(dim=-1, keepdim=True)
+    return torch.where(is_steered, steered, residual)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _steer_residual_kernel(
+        hidden_ptr,
+        residual_ptr,
+        table_ptr,
+        modes_ptr,
+        slots_ptr,
+        out_ptr,
+        stride_hidden,
+        stride_residual,
+        stride_table,
+        stride_out,
+        H,
+        eps,
+        BLOCK_H: tl.constexpr,
+    ):
+        # int64 offsets: T * row stride overflows int32 for long batches of wide rows.
+        token = tl.program_id(0).to(tl.int64)
+        cols = tl.arange(0, BLOCK_H)
+        mask = cols < H
+
+        slot = tl.load(slots_ptr + token).to(tl.int64)
+        mode = tl.load(modes_ptr + slot)
+        r_in = tl.load(residual_ptr + token * stride_residual + cols, mask=mask, other=0.0)
+        d = tl.load(table_ptr + slot * stride_table + cols, mask=mask, other=0.0)
+        r = r_in.to(tl.float32)
+
+        if mode == 1:  # MODE_NORM_PRESERVING; hidden is only read on this path.
+            x = tl.load(hidden_ptr + token * stride_hidden + cols, mask=mask, other=0.0)
+            x = x.to(tl.float32)
+            h = x + r
+            hn = h + d
+            norm_h = tl.sqrt(tl.sum(h * h, axis=0))
+            norm_hn = tl.sqrt(tl.sum(hn * hn, axis=0))
+            new = hn * (norm_h / tl.maximum(norm_hn, eps)) - x
+        else:
+            new = r + d
+
+        is_steered = tl.max((d != 0.0).to(tl.int32), axis=0) > 0
+        out = tl.where(is_steered, new.to(out_ptr.dtype.element_ty), r_in)
+        tl.store(out_ptr + token * stride_out + cols, out, mask=mask)
+
+
+def _num_warps(block_h: int) -> int:
+    """Keep about 8 to 16 elements per thread so wide rows do not spill registers."""
+    return max(1, min(16, block_h // 256))
+
+
+def steer_residual_triton(
+    hidden: Tensor, residual: Tensor, table: Tensor, modes: Tensor, token_slots: Tensor
+) -> Tensor:
+    """One program per token, the whole row in registers, so both norms need one pass."""
+    if triton is None:
+        raise RuntimeError("steer_residual_triton needs triton, which is not installed")
+    num_tokens, hidden_size = residual.shape
+    if hidden.shape != residual.shape or hidden.dtype != residual.dtype:
+        raise ValueError(
+            f"hidden {tuple(hidden.shape)} {hidden.dtype} and residual "
+            f"{tuple(residual.shape)} {residual.dtype} must match"
+        )
+    if table.dtype != torch.float32 or table.shape[-1] != hidden_size:
+        raise ValueError(
+            f"table must be float32 [S+1, {hidden_size}], got {table.dtype} {tuple(table.shape)}"
+        )
+    if modes.dtype != torch.int32 or token_slots.dtype != torch.int32:
+        raise ValueError("modes and token_slots must be int32")
+    if token_slots.shape[0] < num_tokens:
+        raise ValueError(f"token_slots has {token_slots.shape[0]} entries for {num_tokens} tokens")
+    if hidden.stride(-1) != 1 or residual.stride(-1) != 1 or table.stride(-1) != 1:
+        raise ValueError("hidden, residual and table need a contiguous last dimension")
+
+    out = torch.empty((num_tokens, hidden_size), dtype=residual.dtype, device=residual.device)
+    if num_tokens == 0:
+        return out
+    block_h = triton.next_power_of_2(hidden_size)
+    _steer_residual_kernel[(num_tokens,)](
+        hidden,
+        residual,
+        table,
+        modes.contiguous(),
+        token_slots.contiguous(),
+        out,
+        hidden.stride(0),
+        residual.stride(0),
+        table.stride(0),
+        out.stride(0),
+        hidden_size,
+        EPS,
+        BLOCK_H=block_h,
+        num_warps=_num_warps(block_h),
+    )
+    return out
+
+
+def steer_residual(
+    hidden: Tensor, residual: Tensor, table: Tensor, modes: Tensor, token_slots: Tensor
+) -> Tensor:
+    """The Triton kernel on CUDA, the torch reference elsewhere (CPU, or no triton)."""
+    if residual.is_cuda and triton is not None:
+        return steer_residual_triton(hidden, residual, table, modes, token_slots)
+    return steer_residual_reference(hidden, residual, table, modes, token_slots)
