@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,6 +135,7 @@ class ReaderConfig:
     kv_cache_bytes: int = 512 << 20      # vLLM: explicit KV cache size (CPU needs one)
     enforce_eager: bool = True           # vLLM: skip torch.compile / CUDA graphs (prefill-only job)
     device: str | None = None            # HF: default cuda when available
+    in_process: bool = True              # vLLM: engine core in this process (no extra process to spawn)
     engine_kwargs: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
 
     def __post_init__(self):
@@ -244,7 +246,18 @@ class VLLMActivationReader:
             max_model_len=max_len, dtype=self.info.dtype if config.dtype == "auto" else config.dtype,
         )
         kwargs.update(dict(config.engine_kwargs))
-        self.llm = LLM(config.model, **kwargs)
+        # vLLM reads this when the engine is built; set it only for the construction
+        key, saved = "VLLM_ENABLE_V1_MULTIPROCESSING", os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+        if config.in_process:
+            os.environ[key] = "0"
+        try:
+            self.llm = LLM(config.model, **kwargs)
+        finally:
+            if config.in_process:
+                if saved is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = saved
 
     def read(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         from vllm.inputs import TokensPrompt

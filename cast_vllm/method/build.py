@@ -1,0 +1,391 @@
+"""CAST steering vectors from a source task: the whole offline pipeline.
+
+For each source task (notes/cast-method.md, steps 1-3 and 5):
+
+1. load the source pool (a seeded subsample of ``pool_size`` items when the file is larger);
+2. read zero-shot activations of the pool (all chosen layers plus the selection layer);
+3. select ``num_selected`` influential and diverse samples (``selection.py``) using the
+   zero-shot state at the selection layer (default: the middle layer) as the embedding;
+4. give each selected sample ``num_demos`` demonstrations drawn (seeded) from the *other*
+   selected samples and read its few-shot activations;
+5. per layer, ``v_l = mean_i [h_l(demos_i ; x_i) - h_l(x_i)]`` (``aggregate="mean"``), or the
+   first principal direction of the differences (``aggregate="pca"``: uncentred, sign-aligned
+   with the mean, scaled to the mean's projection on it).
+
+Several sources are combined with per-layer weights: the cosine between each source's mean
+zero-shot activation and the target's (when a target file is given; sources below
+``similarity_threshold`` are dropped and the rest renormalised), or equal weights otherwise.
+
+The activation passes share one ``ActivationPool`` (one model load, one progress bar, Ray
+workers and shard checkpoints when asked).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from cast_vllm.method.activations import (
+    ReaderConfig, encode_prompts, load_tokenizer, model_info, parse_layers, resolve_model,
+)
+from cast_vllm.method.distributed import ActivationPool
+from cast_vllm.method.selection import SELECTION_RULES, SelectionError, select_samples
+from cast_vllm.method.tasks import TaskItem, TaskSpec, build_prompt, load_task, load_task_spec
+from cast_vllm.vectors import SteeringVector
+
+logger = logging.getLogger(__name__)
+
+AGGREGATES = ("mean", "pca")
+
+
+class ExtractionError(ValueError):
+    """Extraction cannot run as asked; the message names the setting."""
+
+
+@dataclass
+class ExtractOptions:
+    """Every knob of ``extract``. ``sources`` and ``tasks`` pair up (one task for all sources
+    is fine); ``model`` is a folder or an embedded model name."""
+
+    model: str
+    sources: Sequence[str]
+    tasks: Sequence[str] = ("sentiment",)
+    layers: str | Sequence[int] | None = None          # None / "all", "5-10", "3,5,7"
+    num_selected: int = 64
+    num_demos: int = 4
+    selection: str = "ideal"
+    seed: int = 0
+    pool_size: int = 1000                                # 0: the whole source file
+    selection_layer: int | None = None                   # default num_layers // 2
+    neighbors: int = 10
+    diffusion_steps: int = 10
+    diffusion_runs: int = 10
+    aggregate: str = "mean"
+    chat: bool = False
+    target: str | None = None                            # for multi-source similarity weights
+    compare: Sequence[tuple[str, str]] = ()              # (file, task): differences for reports only
+    target_task: str | None = None
+    target_size: int = 200
+    similarity_threshold: float = 0.0
+    backend: str = "vllm"
+    workers: int = 1
+    shard_size: int = 64
+    checkpoint_dir: str | None = None
+    dtype: str = "auto"
+    batch_size: int = 16
+    max_model_len: int | None = None
+    kv_cache_bytes: int = 512 << 20
+    enforce_eager: bool = True
+
+    def validate(self) -> None:
+        if not self.sources:
+            raise ExtractionError("at least one source file is needed")
+        if len(self.tasks) not in (1, len(self.sources)):
+            raise ExtractionError(f"give one task for all sources or one per source: {len(self.sources)} sources, "
+                                  f"{len(self.tasks)} tasks")
+        if self.selection not in SELECTION_RULES:
+            raise ExtractionError(f"unknown selection {self.selection!r}; use one of {', '.join(SELECTION_RULES)}")
+        if self.aggregate not in AGGREGATES:
+            raise ExtractionError(f"unknown aggregate {self.aggregate!r}; use one of {', '.join(AGGREGATES)}")
+        if self.num_selected < 2:
+            raise ExtractionError(f"--num-selected must be >= 2 (demonstrations come from the other selected "
+                                  f"samples), got {self.num_selected}")
+        if not 1 <= self.num_demos < self.num_selected:
+            raise ExtractionError(f"--num-demos must be in [1, num_selected - 1] = [1, {self.num_selected - 1}], "
+                                  f"got {self.num_demos}")
+        if self.pool_size < 0 or self.target_size < 1 or self.workers < 1 or self.shard_size < 1:
+            raise ExtractionError("pool_size must be >= 0, target_size, workers and shard_size >= 1")
+        if self.target_task and not self.target:
+            raise ExtractionError("--target-task needs --target")
+
+
+@dataclass
+class SourceResult:
+    """What one source contributed (kept for reports and analysis)."""
+
+    path: str
+    task: TaskSpec
+    pool_size: int
+    selected_ids: list[str]
+    demo_ids: list[list[str]]
+    diffs: np.ndarray            # [selected, layers, hidden] few-shot minus zero-shot
+    zero_mean: np.ndarray        # [layers, hidden] mean zero-shot activation over what was read
+    directions: dict[int, np.ndarray]
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).stem
+
+
+@dataclass
+class ExtractionResult:
+    vector: SteeringVector
+    layers: list[int]
+    sources: list[SourceResult]
+    weights: dict[str, list[float]] = field(default_factory=dict)   # source name -> per-layer weight
+    stats: dict[str, Any] = field(default_factory=dict)
+    compared: list[SourceResult] = field(default_factory=list)      # not in the vector
+
+
+# ---- pure pieces (reused by the evaluation harness) ----------------------------------------
+
+def assign_demos(n_selected: int, num_demos: int, seed: int = 0) -> list[list[int]]:
+    """For each selected position ``i``, ``num_demos`` other positions (seeded, no repeats)."""
+    if not 1 <= num_demos < n_selected:
+        raise ExtractionError(f"num_demos must be in [1, {n_selected - 1}] for {n_selected} samples, got {num_demos}")
+    rng = np.random.default_rng([seed, 2])
+    out = []
+    for i in range(n_selected):
+        others = np.array([j for j in range(n_selected) if j != i])
+        out.append(rng.choice(others, size=num_demos, replace=False).tolist())
+    return out
+
+
+def aggregate_differences(diffs: np.ndarray, method: str = "mean") -> np.ndarray:
+    """``[samples, layers, hidden]`` -> ``[layers, hidden]`` (see module doc for ``pca``)."""
+    diffs = np.asarray(diffs, dtype=np.float64)
+    if diffs.ndim != 3 or len(diffs) == 0:
+        raise ExtractionError(f"differences must be [samples, layers, hidden], got shape {diffs.shape}")
+    mean = diffs.mean(axis=0)
+    if method == "mean":
+        return mean.astype(np.float32)
+    if method != "pca":
+        raise ExtractionError(f"unknown aggregate {method!r}; use one of {', '.join(AGGREGATES)}")
+    out = np.empty_like(mean)
+    for layer in range(diffs.shape[1]):
+        _, _, vt = np.linalg.svd(diffs[:, layer, :], full_matrices=False)
+        u = vt[0]
+        proj = float(mean[layer] @ u)
+        if proj < 0:
+            u, proj = -u, -proj
+        out[layer] = proj * u
+    return out.astype(np.float32)
+
+
+def similarity_weights(source_means: dict[str, np.ndarray], target_mean: np.ndarray | None,
+                       threshold: float = 0.0) -> dict[str, np.ndarray]:
+    """Per-layer source weights summing to 1: cosine to the target's mean zero-shot
+    activation (below ``threshold`` -> 0), or equal without a target."""
+    names = list(source_means)
+    if target_mean is None:
+        n_layers = next(iter(source_means.values())).shape[0]
+        return {name: np.full(n_layers, 1.0 / len(names)) for name in names}
+    t = np.asarray(target_mean, dtype=np.float64)
+    cos = {}
+    for name in names:
+        s = np.asarray(source_means[name], dtype=np.float64)
+        cos[name] = (s * t).sum(-1) / np.maximum(np.linalg.norm(s, axis=-1) * np.linalg.norm(t, axis=-1), 1e-12)
+    raw = np.stack([np.where(cos[n] >= threshold, np.clip(cos[n], 0.0, None), 0.0) for n in names])
+    total = raw.sum(axis=0)
+    if (total <= 0).any():
+        bad = np.nonzero(total <= 0)[0].tolist()
+        raise ExtractionError(f"no source is similar enough to the target at layer positions {bad} "
+                              f"(similarity threshold {threshold}); lower --similarity-threshold")
+    return {n: raw[k] / total for k, n in enumerate(names)}
+
+
+def random_control_vector(vector: SteeringVector, seed: int = 0) -> SteeringVector:
+    """A random direction per layer with the vector's per-layer norm: the control that must
+    not help."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = {}
+    for layer, v in vector.directions.items():
+        r = torch.randn(v.shape, generator=g)
+        dirs[layer] = r * (v.norm() / r.norm())
+    meta = {**vector.metadata, "method": "random-control", "control_seed": str(seed)}
+    return SteeringVector(dirs, meta)
+
+
+# ---- the pipeline --------------------------------------------------------------------------
+
+def _prompts(items: Sequence[TaskItem], demos: Sequence[Sequence[TaskItem]] | None, spec: TaskSpec,
+             chat: bool, tokenizer) -> list[str]:
+    if demos is None:
+        return [build_prompt(it, (), spec, chat=chat, tokenizer=tokenizer) for it in items]
+    return [build_prompt(it, d, spec, chat=chat, tokenizer=tokenizer) for it, d in zip(items, demos)]
+
+
+def _subsample(items: list[TaskItem], size: int, seed: int) -> list[TaskItem]:
+    if size == 0 or len(items) <= size:
+        return list(items)
+    idx = np.sort(np.random.default_rng([seed, 0]).choice(len(items), size=size, replace=False))
+    return [items[i] for i in idx]
+
+
+def extract(options: ExtractOptions, progress=None) -> ExtractionResult:
+    """Run the pipeline (module doc) and return the vector with everything that made it."""
+    from tqdm.auto import tqdm
+
+    opt = options
+    opt.validate()
+    model_path = resolve_model(opt.model)
+    info = model_info(model_path)
+    layers = parse_layers(opt.layers, info.num_layers)
+    sel_layer = opt.selection_layer if opt.selection_layer is not None else info.num_layers // 2
+    sel_layer = parse_layers([sel_layer], info.num_layers)[0]
+    read_layers = sorted(set(layers) | {sel_layer})
+    pos = {layer: k for k, layer in enumerate(read_layers)}
+    keep = [pos[layer] for layer in layers]
+    tokenizer = load_tokenizer(model_path)
+
+    tasks = list(opt.tasks) * (len(opt.sources) if len(opt.tasks) == 1 else 1)
+    specs = [load_task_spec(t) for t in tasks]
+    compare_specs = [load_task_spec(t) for _, t in opt.compare]
+    pools = []
+    for path, spec in zip([*opt.sources, *(p for p, _ in opt.compare)], [*specs, *compare_specs]):
+        items = load_task(path, spec)
+        pool = _subsample(items, opt.pool_size, opt.seed)
+        if len(pool) < opt.num_selected:
+            raise ExtractionError(f"{path}: only {len(pool)} usable items, fewer than --num-selected "
+                                  f"{opt.num_selected}")
+        pools.append(pool)
+    target_items = None
+    if opt.target:
+        tspec = load_task_spec(opt.target_task or tasks[0])
+        target_items = _subsample(load_task(opt.target, tspec), opt.target_size, opt.seed)
+
+    n_zero = [opt.num_selected if opt.selection == "random" else len(p) for p in pools]
+    total = sum(n_zero) + opt.num_selected * len(pools) + (len(target_items) if target_items else 0)
+    compare_pools, pools = pools[len(specs):], pools[: len(specs)]
+    config = ReaderConfig(str(model_path), tuple(read_layers), backend=opt.backend, dtype=opt.dtype,
+                          batch_size=opt.batch_size, max_model_len=opt.max_model_len,
+                          kv_cache_bytes=opt.kv_cache_bytes, enforce_eager=opt.enforce_eager)
+    own_bar = progress is None
+    bar = tqdm(total=total, desc="extract", unit="prompt", dynamic_ncols=True) if own_bar else progress
+    results: list[SourceResult] = []
+    compared: list[SourceResult] = []
+    target_mean = None
+    pool_runner = ActivationPool(config, opt.workers, shard_size=opt.shard_size, checkpoint_dir=opt.checkpoint_dir)
+    try:
+        for path, spec, pool in zip(opt.sources, specs, pools):
+            results.append(_one_source(opt, path, spec, pool, pool_runner, tokenizer, bar, pos[sel_layer], keep,
+                                       layers))
+        for (path, _), spec, pool in zip(opt.compare, compare_specs, compare_pools):
+            compared.append(_one_source(opt, path, spec, pool, pool_runner, tokenizer, bar, pos[sel_layer], keep,
+                                        layers))
+        if target_items:
+            tspec = load_task_spec(opt.target_task or tasks[0])
+            acts = pool_runner.read(encode_prompts(tokenizer, _prompts(target_items, None, tspec, opt.chat, tokenizer),
+                                                   chat=opt.chat), progress=bar)
+            target_mean = acts[:, keep].astype(np.float64).mean(axis=0)
+    finally:
+        pool_runner.close()
+        if own_bar:
+            bar.close()
+
+    names = source_names(results)
+    weights = similarity_weights({n: r.zero_mean for n, r in zip(names, results)}, target_mean,
+                                 opt.similarity_threshold)
+    directions = {}
+    for j, layer in enumerate(layers):
+        directions[layer] = sum(weights[n][j] * results[k].directions[layer] for k, n in enumerate(names))
+    meta = _metadata(opt, model_path, info, layers, sel_layer, results, weights if len(results) > 1 else {})
+    vector = SteeringVector({layer: torch.from_numpy(np.asarray(d, np.float32)) for layer, d in directions.items()},
+                            meta)
+    return ExtractionResult(vector, layers, results, {n: w.tolist() for n, w in weights.items()},
+                            dict(pool_runner.stats), compared)
+
+
+def source_names(results: Sequence[SourceResult]) -> list[str]:
+    """File stems, made unique with ``#k`` when two sources share one."""
+    stems = [r.name for r in results]
+    return [s if stems.count(s) == 1 else f"{s}#{k}" for k, s in enumerate(stems)]
+
+
+def _one_source(opt: ExtractOptions, path: str, spec: TaskSpec, pool: list[TaskItem], runner: ActivationPool,
+                tokenizer, bar, sel_pos: int, keep: list[int], layers: list[int]) -> SourceResult:
+    if opt.selection == "random":
+        selected = select_samples(None, opt.num_selected, "random", seed=opt.seed, n_items=len(pool))
+        zero = runner.read(encode_prompts(tokenizer, _prompts([pool[i] for i in selected], None, spec, opt.chat,
+                                                              tokenizer), chat=opt.chat), progress=bar)
+        zero_sel = zero
+    else:
+        zero = runner.read(encode_prompts(tokenizer, _prompts(pool, None, spec, opt.chat, tokenizer), chat=opt.chat),
+                           progress=bar)
+        try:
+            selected = select_samples(zero[:, sel_pos, :], opt.num_selected, opt.selection, seed=opt.seed,
+                                      neighbors=opt.neighbors, diffusion_steps=opt.diffusion_steps,
+                                      diffusion_runs=opt.diffusion_runs)
+        except SelectionError as exc:
+            raise ExtractionError(f"{path}: {exc}") from None
+        zero_sel = zero[selected]
+    chosen = [pool[i] for i in selected]
+    demo_pos = assign_demos(len(chosen), opt.num_demos, opt.seed)
+    demos = [[chosen[j] for j in d] for d in demo_pos]
+    few = runner.read(encode_prompts(tokenizer, _prompts(chosen, demos, spec, opt.chat, tokenizer), chat=opt.chat),
+                      progress=bar)
+    diffs = (few[:, keep].astype(np.float64) - zero_sel[:, keep].astype(np.float64)).astype(np.float32)
+    agg = aggregate_differences(diffs, opt.aggregate)
+    norms = np.linalg.norm(agg, axis=-1)
+    logger.info("%s: %d samples, vector norm per layer %.3g..%.3g", path, len(chosen), norms.min(), norms.max())
+    return SourceResult(path=str(path), task=spec, pool_size=len(pool), selected_ids=[c.id for c in chosen],
+                        demo_ids=[[d.id for d in ds] for ds in demos], diffs=diffs,
+                        zero_mean=zero[:, keep].astype(np.float64).mean(axis=0),
+                        directions={layer: agg[j] for j, layer in enumerate(layers)})
+
+
+def _metadata(opt: ExtractOptions, model_path: Path, info, layers, sel_layer, results: list[SourceResult],
+              weights: dict[str, np.ndarray]) -> dict[str, str]:
+    from cast_vllm import __version__
+
+    one = len(results) == 1
+
+    def per_source(fn):
+        return fn(results[0]) if one else {r.path: fn(r) for r in results}
+
+    meta = {
+        "model": str(opt.model),
+        "model_path": str(model_path),
+        "model_type": info.model_type,
+        "hidden_size": str(info.hidden_size),
+        "num_layers": str(info.num_layers),
+        "method": "cast",
+        "source": results[0].path if one else json.dumps([r.path for r in results]),
+        "task": json.dumps(per_source(lambda r: r.task.path or r.task.name)) if not one
+        else (results[0].task.path or results[0].task.name),
+        "task_format": json.dumps(per_source(lambda r: r.task.format)) if not one else results[0].task.format,
+        "task_spec": json.dumps(per_source(lambda r: {k: v for k, v in asdict(r.task).items() if k != "path"})),
+        "selection": opt.selection,
+        "selection_layer": str(sel_layer),
+        "selection_settings": json.dumps({"neighbors": opt.neighbors, "diffusion_steps": opt.diffusion_steps,
+                                          "diffusion_runs": opt.diffusion_runs} if opt.selection == "ideal" else {}),
+        "pool_size": json.dumps(per_source(lambda r: r.pool_size)),
+        "num_selected": str(opt.num_selected),
+        "num_demos": str(opt.num_demos),
+        "selected_ids": json.dumps(per_source(lambda r: r.selected_ids)),
+        "demo_ids": json.dumps(per_source(lambda r: r.demo_ids)),
+        "seed": str(opt.seed),
+        "layers": json.dumps(layers),
+        "aggregate": opt.aggregate,
+        "position": "last_prompt_token",
+        "chat_template": str(bool(opt.chat)).lower(),
+        "backend": opt.backend,
+        "workers": str(opt.workers),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cast_vllm_version": __version__,
+    }
+    if weights:
+        meta["source_weights"] = json.dumps({n: [round(float(x), 6) for x in w] for n, w in weights.items()})
+        if opt.target:
+            meta["target"] = str(opt.target)
+            meta["similarity_threshold"] = str(opt.similarity_threshold)
+    return meta
+
+
+def extract_vector(model: str, source: str | Sequence[str], task: str | Sequence[str] = "sentiment", *,
+                   out: str | Path | None = None, **options: Any) -> SteeringVector:
+    """One call from Python: ``extract_vector("smollm2-135m", "movies.jsonl", "sentiment",
+    out="movies.safetensors", layers="5-10", num_selected=64)``. Options as ``ExtractOptions``."""
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    tasks = [task] if isinstance(task, (str, Path, TaskSpec)) else list(task)
+    result = extract(ExtractOptions(model=str(model), sources=[str(s) for s in sources], tasks=tasks, **options))
+    if out is not None:
+        result.vector.save(out)
+    return result.vector
