@@ -65,7 +65,7 @@ def hf(model_dir):
 
 
 def params(spec):
-    return SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, logprobs=0,
+    return SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, logprobs=0, ignore_eos=True,
                           extra_args=None if spec is None else {"steering": spec})
 
 

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
         llm = LLM(model, dtype="float32", max_model_len=256, max_num_seqs=8, enforce_eager=eager,
                   kv_cache_memory_bytes=1 << 28,
                   hf_overrides={"architectures": ["CastLlamaForCausalLM"], "cast_vector_dirs": [vector_dir]})
-        params = [SamplingParams(max_tokens=6, temperature=0.0, extra_args=None if s is None else {"steering": s})
+        params = [SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, extra_args=None if s is None else {"steering": s})
                   for s in specs]
         outs = llm.generate(prompts, params, use_tqdm=False)
         print("RESULT " + json.dumps([list(o.outputs[0].token_ids) for o in outs]))

