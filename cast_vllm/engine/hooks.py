@@ -5,6 +5,9 @@ models that are not steering wrappers):
 - engine core: ``Scheduler.schedule`` keeps steered requests within the slot budget;
 - worker: ``GPUModelRunner._model_forward`` (V1 runner, CPU and GPU) indexes tokens to slots.
 
+Plus one read-only engine-core utility, ``EngineCore.cast_steering_stats``, so a front end
+(the server's ``/metrics``) can read the scheduler's slot waits and the workers' slot counters.
+
 The V2 GPU runner has no such hook here yet, so the plugin keeps vLLM on the V1 runner.
 """
 
@@ -19,11 +22,12 @@ _MISSING = object()
 
 
 def install() -> None:
-    # The V2 model runner (GPU default) would bypass the runner hook: steering silently off.
+    # The V2 model-state path cannot be tested on CPU machines; keep the tested V1 runner by default.
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
     _patch_admission()
     _patch_scheduler()
     _patch_runner()
+    _patch_engine_core()
 
 
 def _patch_admission() -> None:
@@ -111,8 +115,31 @@ def _patch_runner() -> None:
             state = getattr(self.get_model(), "cast_steering", None)
             indexer = self._cast_indexer = state.indexer if state is not None else None
         if indexer is not None:
-            indexer.prepare(self)
+            indexer.prepare_v1(self)
         return original(self, *args, **kwargs)
 
     _model_forward._cast_patched = True
     GPUModelRunner._model_forward = _model_forward
+
+
+def _patch_engine_core() -> None:
+    """Add the ``cast_steering_stats`` utility (``call_utility_async``) to the engine core.
+
+    Slot waits live on the scheduler and slot evictions in the workers; the front end can
+    reach neither directly, so it asks the engine core, which answers between steps.
+    """
+    from vllm.v1.engine.core import EngineCore
+
+    if hasattr(EngineCore, "cast_steering_stats"):
+        return
+
+    def cast_steering_stats(self) -> dict:
+        budget = getattr(self.scheduler, "_cast_budget", None)
+        try:
+            workers = self.collective_rpc("cast_steering_stats")
+        except Exception as exc:  # no SteeringWorkerExtension configured: no worker counters
+            logger.debug("cast_steering_stats: workers did not answer: %s", exc)
+            workers = []
+        return {"waits": budget.waits if budget is not None else 0, "workers": list(workers)}
+
+    EngineCore.cast_steering_stats = cast_steering_stats

@@ -1,8 +1,11 @@
-"""Per-step token -> slot indexing, run by the V1 model runner just before the forward pass.
+"""Per-step token -> slot indexing, run just before each forward pass.
 
 For every scheduled token: its request's steering, its absolute position (computed tokens +
 offset, so chunked prefill and recomputation after preemption agree), and the position policy
 decide the slot row it reads. Unsteered tokens and CUDA-graph padding read row 0.
+
+Two adapters feed the same indexer: the V1 model runner (CPU and GPU; patched
+``_model_forward``) and the V2 GPU runner's model-state hook (``model_state_v2.py``).
 """
 
 from __future__ import annotations
@@ -13,40 +16,36 @@ from cast_vllm.engine.slot_table import SlotTable
 from cast_vllm.spec import PHASE_GENERATED, PHASE_LAST_PROMPT, PHASE_PROMPT, phase_masks
 
 
+def request_steering(sampling_params, prompt_len: int):
+    """What the indexer needs of one request: (resolved steering, phase -> active components, prompt length)."""
+    resolved = (sampling_params.extra_args or {}).get(RESOLVED_KEY) if sampling_params is not None else None
+    if not resolved:
+        return None
+    return resolved, phase_masks([c["positions"] for c in resolved["components"]]), prompt_len
+
+
 class StepIndexer:
     def __init__(self, table: SlotTable, manager: SlotManager):
         self.table = table
         self.manager = manager
-        self._requests: dict[str, tuple[dict, dict[int, tuple[int, ...]]] | None] = {}
+        self._v1_requests: dict[str, tuple | None] = {}
 
-    def _steering_of(self, runner, req_id: str):
-        if req_id not in self._requests:
-            if len(self._requests) > 2 * len(runner.requests) + 64:  # forget finished requests
-                self._requests = {k: v for k, v in self._requests.items() if k in runner.requests}
-            params = runner.requests[req_id].sampling_params
-            resolved = (params.extra_args or {}).get(RESOLVED_KEY) if params is not None else None
-            self._requests[req_id] = (
-                (resolved, phase_masks([c["positions"] for c in resolved["components"]])) if resolved else None)
-        return self._requests[req_id]
-
-    def prepare(self, runner) -> None:
-        batch = runner.input_batch
-        num_reqs = batch.num_reqs
-        qsl = runner.query_start_loc.np
+    def index(self, req_ids, query_start_loc, num_computed, steering_of) -> None:
+        """Fill the token -> slot index for one step; ``steering_of(req_id)`` gives request_steering()."""
         host = self.table.host_token_slots()
         self.manager.begin_step()
         num_tokens = 0
-        for i, req_id in enumerate(batch.req_ids[:num_reqs]):
-            info = self._steering_of(runner, req_id)
+        num_reqs = len(req_ids)
+        for i, req_id in enumerate(req_ids):
+            info = steering_of(req_id)
             if info is None:
                 continue
             if num_tokens == 0:
-                num_tokens = int(qsl[num_reqs])
+                num_tokens = int(query_start_loc[num_reqs])
                 host[:num_tokens] = 0
-            resolved, masks = info
-            start, end = int(qsl[i]), int(qsl[i + 1])
-            first = int(batch.num_computed_tokens_cpu[i])
-            prompt_len = runner.requests[req_id].num_prompt_tokens
+            resolved, masks, prompt_len = info
+            start, end = int(query_start_loc[i]), int(query_start_loc[i + 1])
+            first = int(num_computed[i])
             # Tokens [start, end) hold positions [first, first + end - start); split them by phase.
             cut_last = start + min(max(prompt_len - 1 - first, 0), end - start)
             cut_gen = start + min(max(prompt_len - first, 0), end - start)
@@ -55,3 +54,19 @@ class StepIndexer:
                 if hi > lo and phase in masks:
                     host[lo:hi] = self.manager.slot_for(resolved, masks[phase])
         self.table.publish_token_slots(num_tokens)
+
+    def prepare_v1(self, runner) -> None:
+        """Adapter for the V1 model runner (``GPUModelRunner`` and its ``CPUModelRunner`` subclass)."""
+        batch = runner.input_batch
+        cache = self._v1_requests
+        if len(cache) > 2 * len(runner.requests) + 64:  # forget finished requests
+            self._v1_requests = cache = {k: v for k, v in cache.items() if k in runner.requests}
+
+        def steering_of(req_id):
+            if req_id not in cache:
+                state = runner.requests[req_id]
+                cache[req_id] = request_steering(state.sampling_params, state.num_prompt_tokens)
+            return cache[req_id]
+
+        self.index(batch.req_ids[: batch.num_reqs], runner.query_start_loc.np, batch.num_computed_tokens_cpu,
+                   steering_of)

@@ -36,7 +36,13 @@ def _make_wrapper(name: str):
         base.__init__(self, vllm_config=vllm_config, prefix=prefix, **kwargs)
         self.cast_steering = SteeringState(self, vllm_config)
 
-    return type(name, (base,), {"__init__": __init__, "__module__": __name__,
+    def get_model_state_cls(self):  # V2 GPU runner only
+        from cast_vllm.engine.model_state_v2 import SteeringModelState
+
+        return SteeringModelState
+
+    return type(name, (base,), {"__init__": __init__, "get_model_state_cls": get_model_state_cls,
+                                "__module__": __name__,
                                 "__doc__": f"{base.__name__} with per-request steering."})
 
 
