@@ -16,6 +16,7 @@ import logging
 import numpy as np
 import torch
 from torch import nn
+from vllm.model_executor.models.utils import PPMissingLayer
 
 from cast_vllm.engine.steering_op import steering_fn
 
@@ -53,9 +54,10 @@ class SlotTable:
         self.token_slots = torch.zeros(max_tokens, dtype=torch.int32, device=device)
         self._host_slots = np.zeros(max_tokens, dtype=np.int32)
         self._dirty_tokens = 0  # leading entries of token_slots that may be non-zero
-        self.layers = list(layers)
+        # With pipeline parallelism a rank holds placeholders for the other ranks' layers.
+        self.layers = [(i, layer) for i, layer in enumerate(layers) if not isinstance(layer, PPMissingLayer)]
         steer = steering_fn(self.rows.device)
-        for i, layer in enumerate(self.layers):
+        for i, layer in self.layers:
             # Swapping the class (not wrapping the module) keeps parameter names for the weight loader.
             layer.__class__ = _steered_class(type(layer))
             layer.register_buffer("cast_rows", self.rows[i], persistent=False)
@@ -74,7 +76,7 @@ class SlotTable:
         for layer, row in rows.items():
             full[layer] = row
             mode_ids[layer] = MODE_IDS[modes[layer]]
-        for i, layer in enumerate(self.layers):  # through each layer's own buffer, robust to module moves
+        for i, layer in self.layers:  # through each layer's own buffer, robust to module moves
             layer.cast_rows[slot].copy_(full[i], non_blocking=True)
             layer.cast_modes[slot].copy_(mode_ids[i], non_blocking=True)
 
@@ -90,6 +92,6 @@ class SlotTable:
             return
         self._host_slots[num_tokens:n] = 0
         src = torch.from_numpy(self._host_slots[:n])
-        for buf in {id(layer.cast_token_slots): layer.cast_token_slots for layer in self.layers}.values():
+        for buf in {id(layer.cast_token_slots): layer.cast_token_slots for _, layer in self.layers}.values():
             buf[:n].copy_(src, non_blocking=True)
         self._dirty_tokens = num_tokens if self._host_slots[:num_tokens].any() else 0
