@@ -1,0 +1,56 @@
+"""``cast-vllm serve``: vLLM's OpenAI-compatible server with per-request steering.
+
+Options not listed here are vLLM server options and go to vLLM unchanged (``--api-key``,
+``--dtype``, ``--max-model-len``, ``--enforce-eager``, ...).
+"""
+
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(p):
+    from cast_vllm.engine.settings import DEFAULT_MAX_SCALE, DEFAULT_MAX_STEERING_VECTORS
+    from cast_vllm.serving.server import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_PORT
+
+    p.add_argument("--model", default=None,
+                   help="model folder or hub id (default: the embedded smollm2-135m, prepared if needed)")
+    p.add_argument("--vector-dir", default=None,
+                   help="directory of steering vectors, by file stem (default: $CAST_VLLM_HOME/vectors)")
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"bind address (default {DEFAULT_HOST}: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--max-steering-vectors", type=int, default=DEFAULT_MAX_STEERING_VECTORS,
+                   help="steering slots: distinct steering configurations one batch can hold")
+    p.add_argument("--max-steering-scale", type=float, default=DEFAULT_MAX_SCALE,
+                   help="largest |scale| a request may ask for")
+    p.add_argument("--upload-dir", default=None,
+                   help="where uploaded vectors are kept (default: a private folder removed at exit)")
+    p.add_argument("--max-upload-bytes", type=int, default=DEFAULT_MAX_UPLOAD_BYTES,
+                   help="largest vector upload accepted, in bytes")
+    p.epilog = "Any other option is passed to vLLM's OpenAI-compatible server (e.g. --api-key, --dtype)."
+
+
+def run(args) -> int:
+    from cast_vllm.engine.settings import default_vector_dir
+    from cast_vllm.model_zoo import DEFAULT_MODEL, PrepareModelError, prepare_model
+    from cast_vllm.serving.server import ServeError, ServeOptions, run as run_server
+
+    model = args.model
+    if model is None:
+        try:
+            model = str(prepare_model(DEFAULT_MODEL))
+        except PrepareModelError as exc:
+            print(f"cast-vllm serve: {exc}", file=sys.stderr)
+            return 1
+    options = ServeOptions(model=model, vector_dir=args.vector_dir or default_vector_dir(), host=args.host,
+                           port=args.port, max_steering_vectors=args.max_steering_vectors,
+                           max_steering_scale=args.max_steering_scale, upload_dir=args.upload_dir,
+                           max_upload_bytes=args.max_upload_bytes)
+    try:
+        return run_server(options, list(getattr(args, "extra", None) or []))
+    except ServeError as exc:
+        print(f"cast-vllm serve: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,238 @@
+"""Steering state of one API server: admission before streaming starts, in-flight tracking,
+vector management and the counters behind ``/metrics``.
+
+Why a wrapper around ``EngineClient.generate``: vLLM runs ``process_inputs`` (our admission hook)
+only once the response generator is iterated, which for ``stream=true`` is after the HTTP 200
+header has gone out, and it reports any failure there as a 500 ``EngineGenerateError``. The
+wrapper validates the steering spec when the serving layer *creates* the generator, so a bad
+spec is an HTTP 400 with the admission message on every endpoint, streaming or not. It also
+knows when each request ends, which is what ``DELETE`` and the in-flight gauges need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections import Counter
+from pathlib import Path
+
+from vllm.exceptions import VLLMValidationError
+
+from cast_vllm.engine.admission import Admission
+from cast_vllm.engine.settings import SteeringSettings
+from cast_vllm.serving.store import ServingVectorStore
+from cast_vllm.spec import FLAT_FIELDS, SteeringSpecError, parse_steering
+from cast_vllm.vectors import SteeringVector, VectorFileError, check_vector_name
+
+logger = logging.getLogger(__name__)
+
+
+class SteeringRequestError(VLLMValidationError, ValueError):
+    """A request refused for its steering; vLLM's error handlers turn it into HTTP 400."""
+
+    def __init__(self, message: str):
+        super().__init__(message, parameter="vllm_xargs")
+
+
+class VectorRouteError(Exception):
+    """A vector-management request that cannot be done; carries its HTTP status."""
+
+    def __init__(self, status: int, message: str, err_type: str = "BadRequestError"):
+        super().__init__(message)
+        self.status = status
+        self.err_type = err_type
+
+
+class _Ticket:
+    """One request's claim on its vector names; released exactly once."""
+
+    __slots__ = ("service", "names", "done")
+
+    def __init__(self, service: "SteeringService", names: tuple[str, ...]):
+        self.service, self.names, self.done = service, names, False
+        service.in_flight_requests += 1
+        service.in_flight_vectors.update(names)
+
+    def release(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.service.in_flight_requests -= 1
+        self.service.in_flight_vectors.subtract(self.names)
+        for name in self.names:
+            if self.service.in_flight_vectors[name] <= 0:
+                del self.service.in_flight_vectors[name]
+
+
+class SteeringService:
+    def __init__(self, engine_client, store: ServingVectorStore, max_upload_bytes: int):
+        self.engine_client = engine_client
+        self.store = store
+        self.max_upload_bytes = max_upload_bytes
+        model_config = engine_client.model_config
+        self.hidden_size = model_config.get_hidden_size()
+        self.num_layers = model_config.get_num_layers(engine_client.vllm_config.parallel_config)
+        self.settings = SteeringSettings.from_hf_config(model_config.hf_config)
+        # One admission (and so one store and one cache) for the HTTP checks and the engine hook.
+        self.admission = Admission(self.settings, self.hidden_size, self.num_layers)
+        self.admission.store = store
+        self.steered_requests = 0
+        self.rejected_requests = 0
+        self.in_flight_requests = 0
+        self.in_flight_vectors: Counter[str] = Counter()
+        self.engine_stats: dict = {}
+        self._info_cache: dict[Path, tuple[tuple[int, int], dict]] = {}
+
+    # ---- request path ------------------------------------------------------------------
+    def install(self) -> None:
+        """Share our admission with the engine hook and wrap ``generate`` (see module doc)."""
+        self.engine_client.input_processor._cast_admission = self.admission
+        original = self.engine_client.generate
+
+        def generate(prompt, sampling_params, request_id, *args, **kwargs):
+            names = self.admit(sampling_params)
+            stream = original(prompt, sampling_params, request_id, *args, **kwargs)
+            if names is None:
+                return stream
+            ticket = _Ticket(self, names)
+            tracked = self._tracked(stream, ticket)
+            weakref.finalize(tracked, ticket.release)  # a generator never iterated still releases
+            return tracked
+
+        self.engine_client.generate = generate
+
+    def admit(self, sampling_params) -> tuple[str, ...] | None:
+        """The request's vector names (None if unsteered); raises ``SteeringRequestError``."""
+        extra = getattr(sampling_params, "extra_args", None) or {}
+        if extra.get("steering") is None and not any(k in extra for k in FLAT_FIELDS):
+            return None
+        try:
+            self.admission.resolve(extra)
+            names = tuple(dict.fromkeys(c.vector for c in parse_steering(extra)))
+        except (SteeringSpecError, VectorFileError) as exc:
+            self.rejected_requests += 1
+            raise SteeringRequestError(str(exc)) from None
+        self.steered_requests += 1
+        return names
+
+    @staticmethod
+    async def _tracked(stream, ticket: _Ticket):
+        try:
+            async for out in stream:
+                yield out
+        except Exception as exc:
+            cause = exc.__cause__
+            # Refused by the engine hook after our check passed (e.g. vector deleted in between).
+            if isinstance(cause, SteeringSpecError):
+                raise SteeringRequestError(str(cause)) from None
+            raise
+        finally:
+            ticket.release()
+            await stream.aclose()
+
+    # ---- engine-side counters ----------------------------------------------------------
+    async def refresh_engine_stats(self, timeout: float = 5.0) -> dict:
+        """Ask the engine core (between steps) for slot waits and per-worker slot counters."""
+        try:
+            self.engine_stats = await asyncio.wait_for(
+                self.engine_client.engine_core.call_utility_async("cast_steering_stats"), timeout)
+        except Exception as exc:
+            logger.warning("could not read steering counters from the engine core: %s", exc)
+        return self.engine_stats
+
+    def worker_totals(self) -> dict:
+        """Slot counters of the first worker: every tensor/pipeline rank makes the same decisions."""
+        workers = [w for w in self.engine_stats.get("workers") or [] if w]
+        return workers[0] if workers else {}
+
+    # ---- vector management -------------------------------------------------------------
+    def _checked_name(self, name: str) -> str:
+        try:
+            return check_vector_name(name)
+        except VectorFileError as exc:
+            raise VectorRouteError(400, str(exc)) from None
+
+    def _path(self, name: str) -> Path:
+        path = self.store.find(self._checked_name(name))
+        if path is None:
+            raise VectorRouteError(404, f"unknown steering vector {name!r}", "NotFoundError")
+        return path
+
+    def info(self, name: str, path: Path | None = None) -> dict:
+        path = path or self._path(name)
+        st = path.stat()
+        ident = (st.st_mtime_ns, st.st_size)
+        cached = self._info_cache.get(path)
+        if cached is None or cached[0] != ident:
+            body: dict = {"format": path.suffix.lstrip(".")}
+            try:
+                vec = SteeringVector.load(path)
+                body.update(layers=vec.layers, hidden_size=vec.hidden_size, metadata=vec.metadata)
+                vec.check_against_model(self.hidden_size, self.num_layers, f"vector {name!r}")
+                body.update(usable=True)
+            except VectorFileError as exc:
+                body.update(usable=False, error=str(exc))
+            cached = (ident, body)
+            self._info_cache[path] = cached
+        return {"object": "steering_vector", "name": name, "source": self.store.source_of(path), **cached[1],
+                "loaded": self.store.is_loaded(path), "in_flight": self.in_flight_vectors.get(name, 0)}
+
+    def list(self) -> list[dict]:
+        out = []
+        for name in self.store.names():
+            path = self.store.find(name)
+            if path is not None:
+                out.append(self.info(name, path))
+        return out
+
+    def _load(self, name: str) -> dict:
+        try:
+            stored = self.store.get(name)
+            stored.vector.check_against_model(self.hidden_size, self.num_layers, f"vector {name!r}")
+        except VectorFileError as exc:
+            raise VectorRouteError(400, str(exc)) from None
+        return self.info(name, stored.path)
+
+    def load(self, name: str) -> dict:
+        """Validate a vector of the vector directory and keep it ready (undoes a DELETE)."""
+        self._checked_name(name)
+        hidden = name in self.store.hidden
+        self.store.unhide(name)
+        if self.store.find(name) is None:
+            raise VectorRouteError(404, f"no vector file named {name!r} in {[str(d) for d in self.store.dirs]}",
+                                   "NotFoundError")
+        try:
+            return self._load(name)
+        except VectorRouteError:
+            if hidden:
+                self.store.hidden.add(name)
+            raise
+
+    def upload(self, name: str, data: bytes, overwrite: bool = False) -> dict:
+        """Parse (safetensors only, never pickle), check against the model, store, load."""
+        self._checked_name(name)
+        try:
+            vec = SteeringVector.from_safetensors_bytes(bytes(data), where=f"upload {name!r}")
+            vec.check_against_model(self.hidden_size, self.num_layers, f"upload {name!r}")
+        except VectorFileError as exc:
+            raise VectorRouteError(400, str(exc)) from None
+        existing = self.store.find(name)
+        if existing is not None and not overwrite:
+            raise VectorRouteError(409, f"steering vector {name!r} already exists ({self.store.source_of(existing)}); "
+                                        "pass overwrite=true or DELETE it first", "ConflictError")
+        self.store.register(name, vec)
+        self.store.unhide(name)
+        logger.info("uploaded steering vector %r (%d layers)", name, len(vec.layers))
+        return self._load(name)
+
+    def delete(self, name: str) -> dict:
+        """Refused (409) while requests use the name; otherwise the name stops resolving at once."""
+        self._path(name)
+        busy = self.in_flight_vectors.get(name, 0)
+        if busy:
+            raise VectorRouteError(409, f"steering vector {name!r} is used by {busy} request(s) in flight; "
+                                        "retry when they finish", "ConflictError")
+        source = self.store.unload(name)
+        logger.info("deleted steering vector %r (%s)", name, source)
+        return {"object": "steering_vector.deleted", "name": name, "source": source, "deleted": True}
