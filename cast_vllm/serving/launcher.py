@@ -32,12 +32,17 @@ class ServerProcess:
 
     def __init__(self, model: str, vector_dir: str, vllm_args: list[str] | None = None, *,
                  port: int | None = None, serve_args: list[str] | None = None, env: dict | None = None,
-                 log_path: str | Path | None = None, startup_timeout: float = 300.0):
+                 log_path: str | Path | None = None, startup_timeout: float = 300.0, plain_vllm: bool = False):
+        """``plain_vllm``: vLLM's own server on the stock architecture instead (a baseline)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.argv = [sys.executable, "-m", "cast_vllm.cli", "serve", "--model", str(model),
-                     "--vector-dir", str(vector_dir), "--port", str(self.port), *(serve_args or []),
-                     *(vllm_args or [])]
+        if plain_vllm:
+            self.argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+                         "--host", "127.0.0.1", "--port", str(self.port), *(vllm_args or [])]
+        else:
+            self.argv = [sys.executable, "-m", "cast_vllm.cli", "serve", "--model", str(model),
+                         "--vector-dir", str(vector_dir), "--port", str(self.port), *(serve_args or []),
+                         *(vllm_args or [])]
         base = dict(os.environ)
         base.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs vLLM's normal process layout
         base.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -69,6 +74,23 @@ class ServerProcess:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server and every process under it (less noisy than wall time)."""
+        import psutil
+
+        total = 0.0
+        try:
+            root = psutil.Process(self.proc.pid)
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+                except psutil.NoSuchProcess:
+                    pass
+        except psutil.NoSuchProcess:
+            pass
+        return total
 
     def log_tail(self, n: int = 60) -> str:
         try:

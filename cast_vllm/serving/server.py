@@ -159,8 +159,9 @@ def run(options: ServeOptions, vllm_argv: list[str]) -> int:
     if options.upload_dir is None:
         private_upload_dir = options.upload_dir = tempfile.mkdtemp(prefix="cast-vllm-uploads-")
     Path(options.upload_dir).mkdir(parents=True, exist_ok=True)
-    Path(options.vector_dir).mkdir(parents=True, exist_ok=True)
     try:
+        if not Path(options.vector_dir).is_dir():
+            raise ServeError(f"--vector-dir {options.vector_dir} is not a directory")
         cli_env_setup()
         args = build_server_args(options, vllm_argv)
         configure_logging_from_args(args)

@@ -1,0 +1,72 @@
+"""`cast-vllm serve` option handling, without starting a server: what reaches vLLM."""
+
+import json
+
+import pytest
+
+from cast_vllm.cli import build_parser
+
+
+def _options(model, tmp_path, **kw):
+    from cast_vllm.serving.server import ServeOptions
+
+    (tmp_path / "vec").mkdir(exist_ok=True)
+    (tmp_path / "up").mkdir(exist_ok=True)
+    return ServeOptions(model=str(model), vector_dir=str(tmp_path / "vec"), upload_dir=str(tmp_path / "up"), **kw)
+
+
+def test_cli_keeps_vllm_options_for_vllm():
+    argv = ["serve", "--model", "m", "--vector-dir", "d", "--api-key", "k", "--dtype", "float32", "--port", "9001"]
+    args, extra = build_parser(argv).parse_known_args(argv)
+    assert (args.model, args.vector_dir, args.host, args.port) == ("m", "d", "127.0.0.1", 9001)
+    assert extra == ["--api-key", "k", "--dtype", "float32"]
+
+
+def test_defaults_loopback_wrapper_settings_and_cpu_kv_cache(tiny_model_dir, tmp_path, monkeypatch):
+    from cast_vllm.serving.server import DEFAULT_CPU_KV_CACHE_BYTES, WORKER_EXTENSION, build_server_args
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    opts = _options(tiny_model_dir("llama"), tmp_path, max_steering_vectors=3, max_steering_scale=50.0)
+    args = build_server_args(opts, [])
+    assert args.host == "127.0.0.1" and args.port == 8000
+    assert args.hf_overrides == {"architectures": ["CastLlamaForCausalLM"],
+                                 "cast_vector_dirs": [opts.upload_dir, opts.vector_dir],
+                                 "cast_max_steering_vectors": 3, "cast_max_scale": 50.0}
+    assert args.worker_extension_cls == WORKER_EXTENSION
+    assert args.kv_cache_memory_bytes == DEFAULT_CPU_KV_CACHE_BYTES
+
+
+def test_vllm_options_pass_through_and_merge(tiny_model_dir, tmp_path):
+    from cast_vllm.serving.server import build_server_args
+
+    opts = _options(tiny_model_dir("qwen2"), tmp_path, host="0.0.0.0")
+    args = build_server_args(opts, ["--api-key", "secret", "--dtype", "float32", "--kv-cache-memory-bytes", "12345",
+                                    "--hf-overrides", json.dumps({"rope_theta": 5000.0})])
+    assert args.host == "0.0.0.0"
+    assert "secret" in (args.api_key if isinstance(args.api_key, list) else [args.api_key])
+    assert args.dtype == "float32" and args.kv_cache_memory_bytes == 12345
+    assert args.hf_overrides["rope_theta"] == 5000.0
+    assert args.hf_overrides["architectures"] == ["CastQwen2ForCausalLM"]
+
+
+@pytest.mark.parametrize("extra,kw,message", [
+    (["--api-server-count", "2"], {}, "one HTTP API server process"),
+    (["--headless"], {}, "one HTTP API server process"),
+    ([], {"max_steering_vectors": 0}, "--max-steering-vectors must be >= 1"),
+    ([], {"max_upload_bytes": 0}, "--max-upload-bytes must be >= 1"),
+])
+def test_refused_options(tiny_model_dir, tmp_path, extra, kw, message):
+    from cast_vllm.serving.server import ServeError, build_server_args
+
+    with pytest.raises(ServeError, match=message):
+        build_server_args(_options(tiny_model_dir("llama"), tmp_path, **kw), extra)
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    from cast_vllm.serving.server import ServeError, build_server_args
+
+    model = tmp_path / "gpt2"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
+    with pytest.raises(ServeError, match="GPT2LMHeadModel.*not supported for steering"):
+        build_server_args(_options(model, tmp_path), [])
