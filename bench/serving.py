@@ -1,8 +1,8 @@
 """Serving throughput and latency over HTTP: steered traffic vs unsteered, in one run.
 
 Two servers run side by side on the default model: plain vLLM (stock architecture, the
-baseline) and ``cast-vllm serve``. Phases are interleaved over rounds so machine noise hits
-all of them alike:
+baseline) and ``cast-vllm serve``. Phases are interleaved over rounds (order rotated each round)
+so machine noise hits all of them alike:
 
 - ``plain``: plain vLLM, every request unsteered;
 - ``unsteered``: cast-vllm serve, every request unsteered;
@@ -10,12 +10,13 @@ all of them alike:
 - ``steered``: cast-vllm serve, every request steered with one of V vectors.
 
 Each phase sends R requests (``ignore_eos``, greedy, fixed output length) with C in flight
-through the ``openai`` client. Reported per phase: output tokens/s (median over rounds), p50 /
-p99 request latency (all rounds pooled), and output tokens per CPU second of the server's
-processes (less sensitive to other jobs on a shared machine than wall time).
+through the ``openai`` client. Reported per phase: output tokens/s (median over rounds), the
+median over rounds of the same-round ratio to each baseline (the headline: robust to slow
+drifts in machine load), p50 / p99 request latency (all rounds pooled), and output tokens per
+CPU second of the server's processes.
 Vectors: one random direction per layer, at all layers, sized 0.02 x a typical residual norm.
 
-    python bench/serving.py [--rounds 3] [--requests 64] [--concurrency 32] [--max-tokens 24]
+    python bench/serving.py [--rounds 8] [--requests 64] [--concurrency 32] [--max-tokens 24]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import statistics
 import tempfile
@@ -41,7 +43,7 @@ PHASES = ("plain", "unsteered", "mixed", "steered")
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="bench/serving.py", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m", help="model folder or embedded model name")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--requests", type=int, default=64, help="requests per phase and round")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--max-tokens", type=int, default=24)
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
             asyncio.run(run_phase(servers[phase].url, "bench", batch[:8], plan(phase, 8, args.vectors, 1.0, 0),
                                   8, args.max_tokens))
         for r in range(args.rounds):
-            for phase in PHASES:
+            for phase in PHASES[r % len(PHASES):] + PHASES[:r % len(PHASES)]:  # rotate: no position bias
                 xargs = plan(phase, args.requests, args.vectors, args.steered_fraction, seed=1000 * r + 7)
                 c0 = servers[phase].cpu_seconds()
                 wall, ntok, lat, fail = asyncio.run(run_phase(servers[phase].url, "bench", batch, xargs,
@@ -171,9 +173,13 @@ def main(argv=None) -> int:
         cast_metrics = {line.split()[0]: float(line.split()[1]) for line in
                         requests.get(f"{cast.url}/metrics", timeout=30).text.splitlines()
                         if line.startswith("cast_steering_")}
+    except BaseException:
+        print(f"server logs kept in {work}", flush=True)
+        raise
     finally:
         plain.stop()
         cast.stop()
+    shutil.rmtree(work, ignore_errors=True)
 
     rows = {}
     for phase in PHASES:
@@ -187,6 +193,10 @@ def main(argv=None) -> int:
     for phase in PHASES:
         for base in ("plain", "unsteered"):
             rows[phase][f"ratio_vs_{base}"] = rows[phase]["tok_per_s"] / rows[base]["tok_per_s"]
+            # Same-round pairs: a phase and its baseline ran seconds apart, so slow drifts in
+            # machine load cancel; the median over rounds is the headline number.
+            rows[phase][f"paired_ratio_vs_{base}"] = statistics.median(
+                (t / w) / (tb / wb) for t, w, tb, wb in zip(toks[phase], walls[phase], toks[base], walls[base]))
             if rows[phase]["tok_per_cpu_s"] and rows[base]["tok_per_cpu_s"]:
                 rows[phase][f"cpu_ratio_vs_{base}"] = rows[phase]["tok_per_cpu_s"] / rows[base]["tok_per_cpu_s"]
     result = {
@@ -201,8 +211,8 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     _plot(rows, args.out.with_suffix(".png"), result)
-    print(json.dumps({p: {k: round(v, 3) for k, v in rows[p].items() if k.startswith(("ratio", "cpu_ratio"))}
-                      for p in PHASES}))
+    print(json.dumps({p: {k: round(v, 3) for k, v in rows[p].items()
+                          if k.startswith(("ratio", "cpu_ratio", "paired"))} for p in PHASES}))
     return 0 if not any(failures.values()) else 1
 
 
@@ -217,11 +227,10 @@ def _plot(rows, path, result):
     colors = ["grey", "tab:gray", "tab:blue", "tab:purple"]
     ax1.bar(names, [rows[n]["tok_per_s"] for n in names], color=colors)
     for i, n in enumerate(names):
-        cpu = rows[n].get("cpu_ratio_vs_plain")
-        label = f"{rows[n]['ratio_vs_plain']:.2f}x" + (f"\n(cpu {cpu:.2f}x)" if cpu else "")
+        label = f"{rows[n]['paired_ratio_vs_plain']:.2f}x plain\n{rows[n]['paired_ratio_vs_unsteered']:.2f}x unst."
         ax1.text(i, rows[n]["tok_per_s"], label, ha="center", va="bottom", fontsize=8)
     ax1.set_ylabel("output tokens / s")
-    ax1.set_title("throughput (ratio vs plain vLLM)", fontsize=9)
+    ax1.set_title("throughput (median of same-round ratios)", fontsize=9)
     x = range(len(names))
     ax2.bar([i - 0.2 for i in x], [rows[n]["latency_p50_ms"] for n in names], width=0.4, label="p50")
     ax2.bar([i + 0.2 for i in x], [rows[n]["latency_p99_ms"] for n in names], width=0.4, label="p99")
