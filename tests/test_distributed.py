@@ -35,48 +35,80 @@ def setup(tiny_model_dir):
     return config, encode_prompts(tok, prompts), reference
 
 
-def test_two_workers_equal_one(ray_cluster, setup):
-    config, ids, reference = setup
+@pytest.fixture(scope="module")
+def ray_pool(ray_cluster, setup):
+    """One 2-actor pool for the module: actor start-up dominates these tests."""
+    config, _, _ = setup
     with ActivationPool(config, 2, shard_size=5) as pool:
-        got = pool.read(ids)
-        assert len(set(pool.worker_pids())) == 2 and os.getpid() not in pool.worker_pids()
+        yield pool
+
+
+def test_two_workers_equal_one(ray_pool, setup):
+    _, ids, reference = setup
+    got = ray_pool.read(ids)
+    assert len(set(ray_pool.worker_pids())) == 2 and os.getpid() not in ray_pool.worker_pids()
     assert got.shape == reference.shape == (36, 3, 64)
     np.testing.assert_allclose(got, reference, rtol=1e-6, atol=1e-6)
 
 
-def test_killed_worker_is_replaced(ray_cluster, setup):
-    config, ids, reference = setup
+def test_reader_errors_are_not_retried(ray_pool):
+    before = ray_pool.stats["workers_replaced"]
+    with pytest.raises(IndexError):                 # the worker's own error, raised once, as its type
+        ray_pool.read([[1, 2], [10_000_000]])       # token id beyond the vocabulary
+    assert ray_pool.stats["workers_replaced"] == before
+
+
+def test_killed_worker_is_replaced(ray_pool, setup):
+    _, ids, reference = setup
     killed = []
-    with ActivationPool(config, 2, shard_size=5) as pool:
-        def kill_the_other(shard, worker):
-            if not killed:                       # after the first finished shard, SIGKILL the busy peer
-                victim = pool.worker_pids()[1 - worker]
-                os.kill(victim, signal.SIGKILL)
-                killed.append(victim)
 
-        got = pool.read(ids, on_shard_done=kill_the_other)
-        assert pool.stats["workers_replaced"] >= 1
-        assert killed[0] not in pool.worker_pids()
+    def kill_the_other(shard, worker):
+        if not killed:                              # after the first finished shard, SIGKILL the busy peer
+            victim = ray_pool.worker_pids()[1 - worker]
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+
+    before = ray_pool.stats["workers_replaced"]
+    got = ray_pool.read(ids, on_shard_done=kill_the_other)
+    assert ray_pool.stats["workers_replaced"] == before + 1
+    assert killed[0] not in ray_pool.worker_pids()
     np.testing.assert_allclose(got, reference, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(ray_pool.read(ids[:7]), reference[:7], rtol=1e-6, atol=1e-6)  # replacement works
 
 
-def test_resume_from_checkpoints(ray_cluster, setup, tmp_path):
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_from_checkpoints(setup, tmp_path):
     config, ids, reference = setup
-    with ActivationPool(config, 2, shard_size=5, checkpoint_dir=tmp_path) as pool:
-        first = pool.read(ids)
-        assert pool.stats == {"shards_computed": 8, "shards_resumed": 0, "workers_replaced": 0}
-    files = sorted(tmp_path.glob("shard-*.npy"))
-    assert len(files) == 8
-    files[3].unlink()                                # as if the run had stopped before this shard
+
+    def stop_after_three(shard, worker):
+        if shard == 2:
+            raise Interrupt()
+
+    with ActivationPool(config, 1, shard_size=5, checkpoint_dir=tmp_path) as pool:
+        with pytest.raises(Interrupt):
+            pool.read(ids, on_shard_done=stop_after_three)
+    assert len(list(tmp_path.glob("shard-*.npy"))) == 3
     with ActivationPool(config, 1, shard_size=5, checkpoint_dir=tmp_path) as pool:
         second = pool.read(ids)
-        assert pool.stats["shards_computed"] == 1 and pool.stats["shards_resumed"] == 7
+        assert pool.stats == {"shards_computed": 5, "shards_resumed": 3, "workers_replaced": 0}
     with ActivationPool(config, 1, shard_size=5, checkpoint_dir=tmp_path) as pool:
         third = pool.read(ids)
         assert pool.stats["shards_computed"] == 0 and pool._reader is None   # nothing to do: no model loaded
-    np.testing.assert_array_equal(first, second)
-    np.testing.assert_array_equal(first, third)
-    np.testing.assert_allclose(first, reference, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(second, reference, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(second, third)
+
+
+def test_ray_pool_resumes_without_starting_actors(setup, tmp_path):
+    config, ids, reference = setup
+    with ActivationPool(config, 1, shard_size=5, checkpoint_dir=tmp_path) as local:
+        local.read(ids)
+    pool = ActivationPool(config, 2, shard_size=5, checkpoint_dir=tmp_path)   # Ray pool, same shards
+    got = pool.read(ids)
+    assert pool.stats["shards_resumed"] == 8 and pool._actors == []          # everything came from disk
+    np.testing.assert_allclose(got, reference, rtol=1e-6, atol=1e-6)
 
 
 def test_checkpoint_keys_depend_on_inputs(setup, tmp_path):
@@ -87,11 +119,3 @@ def test_checkpoint_keys_depend_on_inputs(setup, tmp_path):
     assert a.path(ids[:5]) != b.path(ids[:5]) != a.path(ids[5:10])
     a.save(ids[:5], np.zeros((5, 3, 64), np.float32))
     assert a.load(ids[:5]) is not None and b.load(ids[:5]) is None and a.load(ids[:4]) is None
-
-
-def test_reader_errors_are_not_retried(ray_cluster, tiny_model_dir):
-    config = ReaderConfig(str(tiny_model_dir("llama")), (0,), backend="hf")
-    with ActivationPool(config, 2, shard_size=1) as pool:
-        with pytest.raises(IndexError):             # the worker's own error, raised once, as its type
-            pool.read([[1, 2], [10_000_000]])       # token id beyond the vocabulary
-        assert pool.stats["workers_replaced"] == 0

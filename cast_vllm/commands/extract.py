@@ -57,7 +57,7 @@ def add_arguments(p) -> None:
     e.add_argument("--checkpoint-dir", default=None, help="finished shards (default <out>.ckpt)")
     e.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoint folder after success")
     e.add_argument("--dtype", default="auto", help="model dtype (default: the checkpoint's)")
-    e.add_argument("--batch-size", type=int, default=16, help="HF backend: prompts per forward pass")
+    e.add_argument("--batch-size", type=int, default=8, help="HF backend: prompts per forward pass")
     e.add_argument("--max-model-len", type=int, default=None, help="vLLM: longest prompt (default min(model, 4096))")
     e.add_argument("--kv-cache-gib", type=float, default=0.5, help="vLLM: KV cache size in GiB (default 0.5)")
     e.add_argument("--compile", action="store_true", help="vLLM: allow torch.compile / CUDA graphs (slower start)")

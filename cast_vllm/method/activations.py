@@ -130,7 +130,7 @@ class ReaderConfig:
     layers: tuple[int, ...]
     backend: str = "vllm"
     dtype: str = "auto"                  # "auto": the checkpoint's dtype, in both backends
-    batch_size: int = 16                 # HF: prompts per forward pass
+    batch_size: int = 8                  # HF: prompts per forward pass (sorted by length; padding grows with it)
     max_model_len: int | None = None     # vLLM: default min(model max, 4096)
     kv_cache_bytes: int = 512 << 20      # vLLM: explicit KV cache size (CPU needs one)
     enforce_eager: bool = True           # vLLM: skip torch.compile / CUDA graphs (prefill-only job)

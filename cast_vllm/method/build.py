@@ -79,7 +79,7 @@ class ExtractOptions:
     shard_size: int = 64
     checkpoint_dir: str | None = None
     dtype: str = "auto"
-    batch_size: int = 16
+    batch_size: int = 8
     max_model_len: int | None = None
     kv_cache_bytes: int = 512 << 20
     enforce_eager: bool = True
