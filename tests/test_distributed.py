@@ -119,3 +119,17 @@ def test_checkpoint_keys_depend_on_inputs(setup, tmp_path):
     assert a.path(ids[:5]) != b.path(ids[:5]) != a.path(ids[5:10])
     a.save(ids[:5], np.zeros((5, 3, 64), np.float32))
     assert a.load(ids[:5]) is not None and b.load(ids[:5]) is None and a.load(ids[:4]) is None
+
+
+def test_extract_with_two_workers_equals_one(ray_cluster, tiny_model_dir, shared_data):
+    from cast_vllm.method.build import ExtractOptions, extract
+
+    opts = dict(model=str(tiny_model_dir("llama")), sources=[str(shared_data / "sentiment/movies.jsonl")],
+                tasks=["sentiment"], num_selected=6, num_demos=2, pool_size=24, layers="1-3", backend="hf",
+                shard_size=6)
+    one = extract(ExtractOptions(**opts, workers=1))
+    two = extract(ExtractOptions(**opts, workers=2))
+    assert two.vector.metadata["selected_ids"] == one.vector.metadata["selected_ids"]
+    assert two.vector.metadata["workers"] == "2"
+    for layer in one.vector.layers:
+        np.testing.assert_allclose(two.vector.directions[layer], one.vector.directions[layer], rtol=1e-5, atol=1e-6)
