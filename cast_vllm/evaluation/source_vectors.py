@@ -1,0 +1,163 @@
+"""Steering vectors of the evaluated methods, built from one source pool.
+
+Reuses the CAST pipeline's pieces (``cast_vllm.method``: prompts, HF activation reader,
+selection, demonstration assignment, aggregation, random control) but reads the pool's
+zero-shot activations once and keeps them, so several seeds and vector kinds cost only their
+few-shot passes. Per kind, for a seed ``s``:
+
+- ``cast``: ``num_selected`` samples chosen by IDEAL influence diffusion (``selection.py``)
+  on the pool's zero-shot state at the selection layer; each gets ``num_demos``
+  demonstrations drawn (seeded) from the other selected samples; the vector is the mean over
+  them of few-shot minus zero-shot last-token states, at every layer;
+- ``cast_random_selection``: the same with ``num_selected`` samples drawn uniformly (seeded):
+  the selection ablation;
+- ``mean_diff``: no selection at all, the mean difference over the *whole* pool (demos drawn
+  from the pool), i.e. a plain in-context / task vector;
+- ``random_vector``: ``random_control_vector`` of the ``cast`` vector of the same seed, a
+  random direction with the same per-layer norm (the control that must not help).
+
+Activations come from ``HFActivationReader`` (forward hooks, exact DESIGN.md layer
+semantics). The vLLM probe reader would need a second in-process vLLM engine next to the
+steering engine, which vLLM does not support cleanly, and it has no Gemma3 probe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from cast_vllm.method.build import aggregate_differences, assign_demos, random_control_vector
+from cast_vllm.method.selection import select_samples
+from cast_vllm.method.tasks import TaskItem, TaskSpec, build_prompt
+from cast_vllm.vectors import SteeringVector
+
+logger = logging.getLogger(__name__)
+
+VECTOR_KINDS = ("cast", "cast_random_selection", "mean_diff", "random_vector")
+
+
+@dataclass
+class BuiltVector:
+    kind: str
+    seed: int
+    vector: SteeringVector
+    sample_ids: list[str]
+    demo_ids: list[list[str]]
+
+    def norms(self) -> dict[int, float]:
+        return {layer: float(v.norm()) for layer, v in self.vector.directions.items()}
+
+
+class ActivationCache:
+    """Last-prompt-token states of prompts at every layer, through one HF reader; caches by
+    prompt text so a prompt is read once per process."""
+
+    def __init__(self, reader: Any, tokenizer: Any, progress: bool = True):
+        self.reader = reader
+        self.tokenizer = tokenizer
+        self.progress = progress
+        self._cache: dict[str, np.ndarray] = {}
+
+    def read(self, prompts: Sequence[str], desc: str = "activations") -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if todo:
+            ids = self.tokenizer(todo, add_special_tokens=True)["input_ids"]
+            chunk = 64
+            bar = tqdm(total=len(todo), desc=desc, unit="prompt", leave=False, disable=not self.progress,
+                       dynamic_ncols=True)
+            try:
+                for start in range(0, len(todo), chunk):
+                    acts = self.reader.read(ids[start:start + chunk])
+                    for p, a in zip(todo[start:start + chunk], acts):
+                        self._cache[p] = a
+                    bar.update(min(chunk, len(todo) - start))
+            finally:
+                bar.close()
+        return np.stack([self._cache[p] for p in prompts]) if prompts else np.empty((0,))
+
+
+class SourceVectors:
+    """Vectors of every kind and seed from one source pool (module doc)."""
+
+    def __init__(self, acts: ActivationCache, pool: Sequence[TaskItem], spec: TaskSpec, *, num_layers: int,
+                 num_selected: int = 32, num_demos: int = 4, selection_layer: int | None = None,
+                 neighbors: int = 10, diffusion_steps: int = 10, diffusion_runs: int = 10, model: str = "",
+                 name: str = "source"):
+        if num_selected > len(pool):
+            raise ValueError(f"num_selected={num_selected} is larger than the source pool ({len(pool)} items)")
+        if not 1 <= num_demos < num_selected:
+            raise ValueError(f"num_demos must be in [1, num_selected - 1], got {num_demos}")
+        self.acts = acts
+        self.pool = list(pool)
+        self.spec = spec
+        self.num_layers = num_layers
+        self.num_selected = num_selected
+        self.num_demos = num_demos
+        self.selection_layer = num_layers // 2 if selection_layer is None else selection_layer
+        self.neighbors, self.diffusion_steps, self.diffusion_runs = neighbors, diffusion_steps, diffusion_runs
+        self.model = model
+        self.name = name
+        self._built: dict[tuple[str, int], BuiltVector] = {}
+
+    def zero_prompts(self, items: Sequence[TaskItem]) -> list[str]:
+        return [build_prompt(it, (), self.spec) for it in items]
+
+    def zero_states(self) -> np.ndarray:
+        """``[pool, layers, hidden]`` zero-shot last-token states."""
+        return self.acts.read(self.zero_prompts(self.pool), desc=f"{self.name}: zero-shot states")
+
+    def embeddings(self) -> np.ndarray:
+        """The pool's zero-shot states at the selection layer (IDEAL and retrieval use them)."""
+        return self.zero_states()[:, self.selection_layer, :]
+
+    def build(self, kind: str, seed: int) -> BuiltVector:
+        if kind not in VECTOR_KINDS:
+            raise ValueError(f"unknown vector kind {kind!r}; use one of {', '.join(VECTOR_KINDS)}")
+        key = (kind, seed)
+        if key in self._built:
+            return self._built[key]
+        if kind == "random_vector":
+            base = self.build("cast", seed)
+            vec = random_control_vector(base.vector, seed=1000 + seed)
+            vec.metadata["method"] = "random_vector"
+            built = BuiltVector(kind, seed, vec, base.sample_ids, base.demo_ids)
+            self._built[key] = built
+            return built
+        zero = self.zero_states()
+        if kind == "cast":
+            chosen = select_samples(zero[:, self.selection_layer, :], self.num_selected, "ideal", seed=seed,
+                                    neighbors=self.neighbors, diffusion_steps=self.diffusion_steps,
+                                    diffusion_runs=self.diffusion_runs)
+        elif kind == "cast_random_selection":
+            chosen = select_samples(None, self.num_selected, "random", seed=seed, n_items=len(self.pool))
+        else:  # mean_diff: the whole pool
+            chosen = list(range(len(self.pool)))
+        items = [self.pool[i] for i in chosen]
+        demo_pos = assign_demos(len(items), self.num_demos, seed)
+        demos = [[items[j] for j in d] for d in demo_pos]
+        few_prompts = [build_prompt(it, d, self.spec) for it, d in zip(items, demos)]
+        few = self.acts.read(few_prompts, desc=f"{self.name}: {kind} s{seed} few-shot states")
+        diffs = few.astype(np.float64) - zero[chosen].astype(np.float64)
+        agg = aggregate_differences(diffs, "mean")
+        meta = {"model": self.model, "method": kind, "source": self.name, "seed": str(seed),
+                "selection": {"cast": "ideal", "cast_random_selection": "random", "mean_diff": "none"}[kind],
+                "num_samples": str(len(items)), "num_demos": str(self.num_demos),
+                "selected_ids": json.dumps([it.id for it in items]), "position": "last_prompt_token"}
+        vec = SteeringVector({layer: torch.from_numpy(agg[layer].astype(np.float32)) for layer in range(agg.shape[0])},
+                             meta)
+        built = BuiltVector(kind, seed, vec, [it.id for it in items], [[d.id for d in ds] for ds in demos])
+        logger.info("%s %s seed %d: %d samples, |v| per layer %.2f..%.2f", self.name, kind, seed, len(items),
+                    min(built.norms().values()), max(built.norms().values()))
+        self._built[key] = built
+        return built
+
+    def state_norms(self) -> np.ndarray:
+        """Mean norm of the zero-shot residual stream per layer (scale reference for alpha)."""
+        return np.linalg.norm(self.zero_states(), axis=-1).mean(axis=0)

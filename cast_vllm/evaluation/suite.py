@@ -1,0 +1,179 @@
+"""The default transfer suite: the issue's source -> target pairs, one engine, one report.
+
+Sizes are chosen for a 2-core CPU (the cost is prompt tokens: the default model runs roughly
+300-2000 prompt tokens/s there depending on load): per pair a fixed-seed split, 2 seeds of
+the source sample, a 12-setting coordinate search on dev for CAST, and the ablation vectors
+evaluated at CAST's setting. Every pair's result is written as soon as it finishes, and a
+rerun with the same settings reuses finished pairs (``resume``), so an interrupted suite
+picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from cast_vllm.evaluation.harness import EvalConfig, evaluate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pair:
+    name: str
+    source: str            # relative to the data root
+    target: str
+    task: str
+    family: str            # sentiment | mc | pairs
+    in_domain: bool = False
+
+
+DEFAULT_PAIRS: tuple[Pair, ...] = (
+    Pair("movies->movies", "sentiment/movies.jsonl", "sentiment/movies.jsonl", "sentiment", "sentiment", True),
+    Pair("movies->tweets", "sentiment/movies.jsonl", "sentiment/tweets.jsonl", "sentiment", "sentiment"),
+    Pair("movies->amazon", "sentiment/movies.jsonl", "sentiment/amazon.jsonl", "sentiment", "sentiment"),
+    Pair("arc_easy->arc_challenge", "mc/arc_easy.jsonl", "mc/arc_challenge.jsonl", "mc", "mc"),
+    Pair("commonsense_qa->openbook_qa", "mc/commonsense_qa.jsonl", "mc/openbook_qa.jsonl", "mc", "mc"),
+    Pair("arc_easy->piqa", "mc/arc_easy.jsonl", "mc/piqa.jsonl", "mc", "mc"),
+    Pair("boolq->arc_challenge", "mc/boolq.jsonl", "mc/arc_challenge.jsonl", "mc", "mc"),
+    Pair("fv_sentiment->ag_news", "function_vectors/sentiment.json", "function_vectors/ag_news.json", "pairs",
+         "pairs"),
+    Pair("english-spanish->english-french", "function_vectors/english-spanish.json",
+         "function_vectors/english-french.json", "pairs", "pairs"),
+    Pair("antonym->country-capital", "function_vectors/antonym.json", "function_vectors/country-capital.json",
+         "pairs", "pairs"),
+)
+
+#: per-family sizes of the default suite (the rest of EvalConfig keeps SUITE_DEFAULTS)
+FAMILY_SIZES = {
+    "sentiment": {"n_test": 150, "n_dev": 48},
+    "mc": {"n_test": 100, "n_dev": 40},
+    "pairs": {"n_test": 100, "n_dev": 40},
+}
+SUITE_DEFAULTS = dict(seeds=2, pool_size=48, num_selected=16, num_demos=4, icl_shots=(1, 2, 4),
+                      ablation_settings="cast", calibration="none", latency_items=16, latency_batch=16,
+                      latency_rounds=3)
+
+
+class SuiteError(ValueError):
+    """The suite cannot run as asked (unknown pair, missing data)."""
+
+
+def default_data_dir() -> Path:
+    """``$CAST_VLLM_DATA``, else ``../shared/data`` beside the repository, else beside the cwd."""
+    env = os.environ.get("CAST_VLLM_DATA")
+    if env:
+        return Path(env).expanduser()
+    here = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    if here.is_dir():
+        return here
+    return Path.cwd().parent / "shared" / "data"
+
+
+def suite_configs(model: str, data_dir: str | Path, pairs: Sequence[str] | None = None,
+                  overrides: dict[str, Any] | None = None) -> list[tuple[Pair, EvalConfig]]:
+    data = Path(data_dir)
+    chosen = list(DEFAULT_PAIRS)
+    if pairs:
+        names = {p.name: p for p in DEFAULT_PAIRS}
+        unknown = [n for n in pairs if n not in names]
+        if unknown:
+            raise SuiteError(f"unknown suite pair(s) {unknown}; known: {', '.join(names)}")
+        chosen = [names[n] for n in pairs]
+    out = []
+    for pair in chosen:
+        for rel in (pair.source, pair.target):
+            if not (data / rel).is_file():
+                raise SuiteError(f"{data / rel} not found: pass --data-dir (the shared data folder)")
+        kwargs = {**SUITE_DEFAULTS, **FAMILY_SIZES[pair.family], **(overrides or {})}
+        out.append((pair, EvalConfig(model=model, source=str(data / pair.source), target=str(data / pair.target),
+                                     task=pair.task, name=pair.name, **kwargs)))
+    return out
+
+
+def _config_key(cfg: EvalConfig) -> str:
+    d = asdict(cfg)
+    d["source"], d["target"] = Path(cfg.source).name, Path(cfg.target).name
+    return json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}, sort_keys=True, default=str)
+
+
+def output_stem(model: str) -> str:
+    from cast_vllm.model_zoo import DEFAULT_MODEL
+
+    return "transfer" if model == DEFAULT_MODEL else f"transfer_{Path(model).name}"
+
+
+def run_suite(model: str, out_dir: str | Path, *, data_dir: str | Path | None = None,
+              pairs: Sequence[str] | None = None, overrides: dict[str, Any] | None = None, resume: bool = True,
+              progress: bool = True, engine_kwargs: dict | None = None) -> dict:
+    """Evaluate every pair with one engine and one activation reader; write
+    ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir`` after each pair."""
+    from tqdm.auto import tqdm
+
+    from cast_vllm.evaluation.engine import EvalEngine
+    from cast_vllm.evaluation.report import write_report
+    from cast_vllm.evaluation.source_vectors import ActivationCache
+    from cast_vllm.method.activations import HFActivationReader, ReaderConfig, resolve_model
+
+    data = Path(data_dir) if data_dir else default_data_dir()
+    configs = suite_configs(model, data, pairs, overrides)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = output_stem(model)
+    json_path = out_dir / f"{stem}.json"
+    previous: dict[str, dict] = {}
+    if resume and json_path.is_file():
+        try:
+            for r in json.loads(json_path.read_text()).get("pairs", []):
+                previous[r.get("name", "")] = r
+        except (json.JSONDecodeError, AttributeError):
+            logger.warning("%s is not a suite result; starting afresh", json_path)
+    model_path = resolve_model(model)
+    engine = None
+    acts = None
+    results: list[dict] = []
+    t0 = time.perf_counter()
+    suite = {"format": "cast-vllm-suite/1", "suite": "default", "model": model, "model_path": str(model_path),
+             "data_dir": str(data), "pairs": results}
+    bar = tqdm(configs, desc="suite", unit="pair", disable=not progress, dynamic_ncols=True)
+    try:
+        for pair, cfg in bar:
+            bar.set_postfix_str(pair.name)
+            old = previous.get(pair.name)
+            if old is not None and old.get("suite_config_key") == _config_key(cfg):
+                logger.info("%s: reusing the finished result in %s", pair.name, json_path)
+                results.append(old)
+                continue
+            if engine is None:
+                engine = EvalEngine(str(model_path), **(engine_kwargs or {}))
+                reader = HFActivationReader(ReaderConfig(str(model_path), tuple(range(engine.num_layers)),
+                                                         backend="hf", batch_size=16))
+                acts = ActivationCache(reader, engine.tokenizer, progress=progress)
+            res = evaluate(cfg, engine=engine, acts=acts, progress=progress)
+            res["family"], res["in_domain"] = pair.family, pair.in_domain
+            res["suite_config_key"] = _config_key(cfg)
+            results.append(res)
+            suite["seconds"] = time.perf_counter() - t0
+            _write(json_path, suite)
+            write_report(suite, out_dir / f"{stem}.md", out_dir / f"{stem}.png")
+            logger.info("%s done in %.0f s", pair.name, res["timing"]["seconds_total"])
+    finally:
+        bar.close()
+        if engine is not None:
+            engine.close()
+    suite["seconds"] = time.perf_counter() - t0
+    suite["seconds_new"] = sum(r["timing"]["seconds_total"] for r in results if r.get("name") not in previous)
+    _write(json_path, suite)
+    write_report(suite, out_dir / f"{stem}.md", out_dir / f"{stem}.png")
+    return suite
+
+
+def _write(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
