@@ -159,21 +159,30 @@ def _quiet():
 
 
 def _plot(rows, path, result):
+    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     names = list(rows)
-    fig = Figure(figsize=(6.4, 3.6))
+    x = np.arange(len(names))
+    fig = Figure(figsize=(6.8, 3.8))
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    bars = ax.bar(names, [rows[n]["prompts_per_s"] for n in names],
-                  color=["tab:grey" if rows[n]["backend"] == "hf" else "tab:blue" for n in names])
-    for bar, n in zip(bars, names):
-        ax.annotate(f"{rows[n]['prompts_per_s']:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel("prompts / s (steady state)")
+    for off, key, label, hatch in ((-0.2, "prompts_per_s", "prompts / s (wall, median)", None),
+                                   (0.2, "prompts_per_cpu_s", "prompts / CPU second", "//")):
+        bars = ax.bar(x + off, [rows[n][key] for n in names], width=0.4, label=label, hatch=hatch,
+                      color=["tab:grey" if rows[n]["backend"] == "hf" else "tab:blue" for n in names],
+                      alpha=1.0 if hatch is None else 0.55)
+        for bar, n in zip(bars, names):
+            ax.annotate(f"{rows[n][key]:.1f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(x, names)
+    ax.legend(fontsize=7)
+    loads = [v for n in names for v in rows[n].get("load_average_1min", [])]
+    load = f", load {min(loads):.0f}-{max(loads):.0f}" if loads else ""
     ax.set_title(f"activation extraction, {result['layers']} layers, {result['prompts']} prompts "
-                 f"(~{result['mean_prompt_tokens']:.0f} tokens)\n{result['device']}, {result['machine']}", fontsize=9)
+                 f"(~{result['mean_prompt_tokens']:.0f} tokens)\n{result['device']}, {result['machine']}{load}",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
