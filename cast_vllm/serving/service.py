@@ -161,7 +161,10 @@ class SteeringService:
 
     def info(self, name: str, path: Path | None = None) -> dict:
         path = path or self._path(name)
-        st = path.stat()
+        try:
+            st = path.stat()
+        except FileNotFoundError:  # removed from the directory just now
+            raise VectorRouteError(404, f"unknown steering vector {name!r}", "NotFoundError") from None
         ident = (st.st_mtime_ns, st.st_size)
         cached = self._info_cache.get(path)
         if cached is None or cached[0] != ident:
@@ -183,7 +186,10 @@ class SteeringService:
         for name in self.store.names():
             path = self.store.find(name)
             if path is not None:
-                out.append(self.info(name, path))
+                try:
+                    out.append(self.info(name, path))
+                except VectorRouteError:
+                    continue
         return out
 
     def _load(self, name: str) -> dict:
