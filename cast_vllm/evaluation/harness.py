@@ -474,6 +474,7 @@ def _evaluate(cfg: EvalConfig, engine: EvalEngine, acts: ActivationCache, model_
         "vectors": {f"{k}/s{sd}": {"sample_ids": b.sample_ids, "num_demos": cfg.num_demos,
                                    "norm_range": [min(b.norms().values()), max(b.norms().values())]}
                     for (k, sd), b in vectors.items()},
+        "registered_vectors": {f"{k}/s{sd}": name for (k, sd), name in vector_names.items()},
         "icl_truncated_prompts": truncated,
         "latency": {"batch": cfg.latency_batch, "items": min(cfg.latency_items, len(test)),
                     "rounds": cfg.latency_rounds,
