@@ -20,10 +20,10 @@ def result(default_model_dir, shared_data, tmp_path_factory):
     rc = main(["eval", "--model", str(default_model_dir), "--source", str(shared_data / "sentiment/movies.jsonl"),
                "--target", str(shared_data / "sentiment/tweets.jsonl"), "--task", "sentiment",
                "--methods", ",".join(METHODS), "--output", str(out), "--seeds", "2", "--n-test", "40",
-               "--n-dev", "16", "--pool-size", "20", "--num-selected", "8", "--num-demos", "2",
-               "--icl-shots", "1,2", "--layer-fractions", "0.2,0.3", "--alphas", "1,2",
-               "--modes", "norm_preserving", "--positions", "last_prompt", "--latency-items", "16",
-               "--latency-rounds", "1", "--no-progress"])
+               "--n-dev", "12", "--pool-size", "16", "--num-selected", "6", "--num-demos", "2",
+               "--icl-shots", "1", "--layer-fractions", "0.3", "--alphas", "1", "--modes", "norm_preserving",
+               "--positions", "last_prompt", "--no-vary-width", "--latency-items", "16", "--latency-rounds", "1",
+               "--no-progress"])
     assert rc == 0
     return json.loads(out.read_text())
 

@@ -44,6 +44,7 @@ def run(args) -> int:
     import os
 
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")   # one process: less memory
     from cast_vllm.commands.eval import cpu_threads
 
     with cpu_threads(args.threads):
@@ -71,7 +72,7 @@ def _run(args) -> int:
     print(f"      source {source}\n      target {target}")
     print(f"[3/4] CAST vector from movie snippets, evaluated on {args.target} "
           "(zero-shot vs cross-task ICL vs CAST, one engine) ...", flush=True)
-    engine = EvalEngine(model, max_model_len=2048)
+    engine = EvalEngine(model, max_model_len=2048, kv_cache_gib=0.5)
     try:
         cfg = EvalConfig(model=model, source=str(source), target=str(target), task="sentiment",
                          methods=("zero_shot", "icl", "cast", "random_vector"), seeds=1, n_test=args.n_test,

@@ -62,6 +62,7 @@ def add_arguments(p) -> None:
     g.add_argument("--layer-fractions", type=_floats, default=None,
                    help="window starts as fractions of depth (default 0.1,0.2,0.3,0.4,0.5)")
     g.add_argument("--layer-width", type=int, default=None, help="window width (default depth/10)")
+    g.add_argument("--no-vary-width", action="store_true", help="skip the search's window-width stage")
     g.add_argument("--tune-each-seed", action="store_true", help="search every seed's vector (default: seed 0's)")
     g.add_argument("--ablation-settings", choices=("own", "cast"), default=None,
                    help="cast_random_selection/mean_diff: own dev search (default) or CAST's setting (suite)")
@@ -78,8 +79,11 @@ def add_arguments(p) -> None:
     e.add_argument("--data-dir", default=None, help="suite: the shared data folder (default ../shared/data)")
     e.add_argument("--out-dir", default="bench/results", help="suite: where transfer*.{json,md,png} go")
     e.add_argument("--no-resume", action="store_true", help="suite: recompute pairs already in the JSON")
+    e.add_argument("--report-only", action="store_true",
+                   help="suite: rewrite the markdown and PNG from the existing JSON, run nothing")
     e.add_argument("--dtype", default="float32", help="engine dtype (default float32, like the activation reader)")
     e.add_argument("--max-model-len", type=int, default=2048, help="engine context (default 2048)")
+    e.add_argument("--kv-cache-gib", type=float, default=0.5, help="engine KV cache in GiB (default 0.5)")
     e.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch/OpenMP (default 1: faster than 2 on a shared 2-core machine; "
                         "0 leaves the environment alone)")
@@ -99,6 +103,8 @@ def _overrides(args) -> dict:
     out = {field: getattr(args, opt) for opt, field in _OPTION_FIELDS.items() if getattr(args, opt) is not None}
     if args.tune_each_seed:
         out["tune_each_seed"] = True
+    if args.no_vary_width:
+        out["vary_width"] = False
     out["split_seed"] = args.split_seed
     return out
 
@@ -120,6 +126,9 @@ def run(args) -> int:
     import os
 
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    # engine core in this process: one process less (memory is the scarce resource on a shared
+    # 24 GiB machine), and the evaluation waits on every batch anyway
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     with cpu_threads(args.threads):
         return _run(args)
 
@@ -161,9 +170,21 @@ def _run(args) -> int:
     from cast_vllm.evaluation.harness import EvalConfig, evaluate
     from cast_vllm.evaluation.suite import run_suite
 
-    engine_kwargs = {"dtype": args.dtype, "max_model_len": args.max_model_len}
+    engine_kwargs = {"dtype": args.dtype, "max_model_len": args.max_model_len, "kv_cache_gib": args.kv_cache_gib}
     progress = not args.no_progress
     try:
+        if args.suite and args.report_only:
+            from cast_vllm.evaluation.report import write_report
+            from cast_vllm.evaluation.suite import output_stem
+
+            stem = Path(args.out_dir) / output_stem(args.model)
+            if not stem.with_suffix(".json").is_file():
+                print(f"cast-vllm eval: {stem}.json does not exist; run the suite first", file=sys.stderr)
+                return 2
+            write_report(json.loads(stem.with_suffix(".json").read_text()), stem.with_suffix(".md"),
+                         stem.with_suffix(".png"))
+            print(f"wrote {stem}.md and {stem}.png")
+            return 0
         if args.suite:
             suite = run_suite(args.model, args.out_dir, data_dir=args.data_dir, pairs=args.pairs,
                               overrides=_overrides(args), resume=not args.no_resume, progress=progress,

@@ -58,7 +58,7 @@ class EvalEngine:
     """One ``SteeredLLM`` plus the sampling parameters the harness needs."""
 
     def __init__(self, model: str, *, max_model_len: int = 2048, max_steering_vectors: int = 32,
-                 kv_cache_gib: float = 1.0, dtype: str = "float32", enforce_eager: bool = True,
+                 kv_cache_gib: float = 0.5, dtype: str = "float32", enforce_eager: bool = True,
                  enable_prefix_caching: bool = False, **engine_kwargs):
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         from cast_vllm import SteeredLLM

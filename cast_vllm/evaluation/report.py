@@ -88,7 +88,7 @@ def _table(results: list[dict], methods: list[str], key: str, with_setting: bool
         text = f"| {label} | {r['n_test']} | " + " | ".join(cells) + " |"
         if with_setting:
             c = r.get("chosen")
-            text += (f" L{c['layers'][0]}-{c['layers'][-1]} a={c['alpha']:g} {c['mode'].replace('norm_preserving', 'np')}"
+            text += (f" {_layers(c['layers'])} a={c['alpha']:g} {c['mode'].replace('norm_preserving', 'np')}"
                      f" {c['positions']} |" if c else " - |")
         return text
 
@@ -102,6 +102,10 @@ def _table(results: list[dict], methods: list[str], key: str, with_setting: bool
     for r in ref:
         lines.append(row(r, _label(r) + " (in-domain reference)"))
     return lines
+
+
+def _layers(layers: list[int]) -> str:
+    return f"L{layers[0]}" if layers[0] == layers[-1] else f"L{layers[0]}-{layers[-1]}"
 
 
 def _label(r: dict) -> str:
@@ -227,8 +231,8 @@ def plot(suite: dict, png_path: str | Path) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(ncol=len(methods), fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 1.12))
-    ax.set_title(f"CAST cross-task transfer, {suite.get('model')}", pad=28)
+    ax.legend(ncol=len(methods), fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    fig.suptitle(f"CAST cross-task transfer, {suite.get('model')} (test accuracy, mean ± std over seeds)")
     lat = latency_summary(results)
     ms = [m for m in methods if m in lat]
     ax2.barh(ms, [lat[m] for m in ms], color=[colors(methods.index(m)) for m in ms])
