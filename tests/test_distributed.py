@@ -121,15 +121,20 @@ def test_checkpoint_keys_depend_on_inputs(setup, tmp_path):
     assert a.load(ids[:5]) is not None and b.load(ids[:5]) is None and a.load(ids[:4]) is None
 
 
-def test_extract_with_two_workers_equals_one(ray_cluster, tiny_model_dir, shared_data):
-    from cast_vllm.method.build import ExtractOptions, extract
+def test_extract_on_two_workers_equals_one(ray_pool, tiny_model_dir, shared_data):
+    """The whole pipeline on the shared 2-actor pool (reads layers 0, 2, 3: vector at 2-3,
+    selection embedding at 0) gives the in-process vector."""
+    from cast_vllm.method.build import ExtractionError, ExtractOptions, extract
 
-    opts = dict(model=str(tiny_model_dir("llama")), sources=[str(shared_data / "sentiment/movies.jsonl")],
-                tasks=["sentiment"], num_selected=6, num_demos=2, pool_size=24, layers="1-3", backend="hf",
-                shard_size=6)
-    one = extract(ExtractOptions(**opts, workers=1))
-    two = extract(ExtractOptions(**opts, workers=2))
+    opts = ExtractOptions(model=str(tiny_model_dir("llama")), sources=[str(shared_data / "sentiment/movies.jsonl")],
+                          tasks=["sentiment"], num_selected=6, num_demos=2, pool_size=24, layers="2-3",
+                          selection_layer=0, backend="hf", shard_size=5)
+    one = extract(opts)
+    two = extract(opts, pool=ray_pool)
     assert two.vector.metadata["selected_ids"] == one.vector.metadata["selected_ids"]
-    assert two.vector.metadata["workers"] == "2"
+    assert two.vector.metadata["workers"] == "2" and one.vector.metadata["workers"] == "1"
     for layer in one.vector.layers:
         np.testing.assert_allclose(two.vector.directions[layer], one.vector.directions[layer], rtol=1e-5, atol=1e-6)
+    assert len(ray_pool.worker_pids()) == 2          # the given pool is left open
+    with pytest.raises(ExtractionError, match="this extraction needs"):
+        extract(ExtractOptions(**{**opts.__dict__, "layers": "1-3"}), pool=ray_pool)

@@ -98,7 +98,8 @@ def test_aggregate_and_weights_math():
     np.testing.assert_allclose(aggregate_differences(-same, "pca"), -d[0], rtol=1e-5)   # sign follows the mean
     t = np.ones((2, 4))
     w = similarity_weights({"a": t.copy(), "b": -t}, t)
-    np.testing.assert_allclose(w["a"], 1.0) and np.testing.assert_allclose(w["b"], 0.0)
+    np.testing.assert_allclose(w["a"], 1.0)
+    np.testing.assert_allclose(w["b"], 0.0)
     eq = similarity_weights({"a": t, "b": t}, None)
     np.testing.assert_allclose(eq["a"], 0.5)
     with pytest.raises(ExtractionError, match="similarity threshold"):

@@ -219,8 +219,12 @@ def _subsample(items: list[TaskItem], size: int, seed: int) -> list[TaskItem]:
     return [items[i] for i in idx]
 
 
-def extract(options: ExtractOptions, progress=None) -> ExtractionResult:
-    """Run the pipeline (module doc) and return the vector with everything that made it."""
+def extract(options: ExtractOptions, progress=None, pool: ActivationPool | None = None) -> ExtractionResult:
+    """Run the pipeline (module doc) and return the vector with everything that made it.
+
+    ``pool``: an open ``ActivationPool`` to reuse (several extractions on one engine or one set
+    of Ray workers); its reader must cover the chosen layers plus the selection layer. It is
+    left open. Without it, one is made from the options and closed at the end."""
     from tqdm.auto import tqdm
 
     opt = options
@@ -241,11 +245,11 @@ def extract(options: ExtractOptions, progress=None) -> ExtractionResult:
     pools = []
     for path, spec in zip([*opt.sources, *(p for p, _ in opt.compare)], [*specs, *compare_specs]):
         items = load_task(path, spec)
-        pool = _subsample(items, opt.pool_size, opt.seed)
-        if len(pool) < opt.num_selected:
-            raise ExtractionError(f"{path}: only {len(pool)} usable items, fewer than --num-selected "
+        cands = _subsample(items, opt.pool_size, opt.seed)
+        if len(cands) < opt.num_selected:
+            raise ExtractionError(f"{path}: only {len(cands)} usable items, fewer than --num-selected "
                                   f"{opt.num_selected}")
-        pools.append(pool)
+        pools.append(cands)
     target_items = None
     if opt.target:
         tspec = load_task_spec(opt.target_task or tasks[0])
@@ -262,13 +266,18 @@ def extract(options: ExtractOptions, progress=None) -> ExtractionResult:
     results: list[SourceResult] = []
     compared: list[SourceResult] = []
     target_mean = None
-    pool_runner = ActivationPool(config, opt.workers, shard_size=opt.shard_size, checkpoint_dir=opt.checkpoint_dir)
+    if pool is not None:
+        if Path(pool.config.model).resolve() != Path(model_path).resolve() or pool.config.layers != config.layers:
+            raise ExtractionError(f"the given pool reads {pool.config.model} at layers {list(pool.config.layers)}; "
+                                  f"this extraction needs {model_path} at layers {read_layers}")
+    pool_runner = pool if pool is not None else ActivationPool(
+        config, opt.workers, shard_size=opt.shard_size, checkpoint_dir=opt.checkpoint_dir)
     try:
-        for path, spec, pool in zip(opt.sources, specs, pools):
-            results.append(_one_source(opt, path, spec, pool, pool_runner, tokenizer, bar, pos[sel_layer], keep,
+        for path, spec, cands in zip(opt.sources, specs, pools):
+            results.append(_one_source(opt, path, spec, cands, pool_runner, tokenizer, bar, pos[sel_layer], keep,
                                        layers))
-        for (path, _), spec, pool in zip(opt.compare, compare_specs, compare_pools):
-            compared.append(_one_source(opt, path, spec, pool, pool_runner, tokenizer, bar, pos[sel_layer], keep,
+        for (path, _), spec, cands in zip(opt.compare, compare_specs, compare_pools):
+            compared.append(_one_source(opt, path, spec, cands, pool_runner, tokenizer, bar, pos[sel_layer], keep,
                                         layers))
         if target_items:
             tspec = load_task_spec(opt.target_task or tasks[0])
@@ -276,7 +285,8 @@ def extract(options: ExtractOptions, progress=None) -> ExtractionResult:
                                                    chat=opt.chat), progress=bar)
             target_mean = acts[:, keep].astype(np.float64).mean(axis=0)
     finally:
-        pool_runner.close()
+        if pool is None:
+            pool_runner.close()
         if own_bar:
             bar.close()
 
@@ -287,6 +297,8 @@ def extract(options: ExtractOptions, progress=None) -> ExtractionResult:
     for j, layer in enumerate(layers):
         directions[layer] = sum(weights[n][j] * results[k].directions[layer] for k, n in enumerate(names))
     meta = _metadata(opt, model_path, info, layers, sel_layer, results, weights if len(results) > 1 else {})
+    meta["workers"] = str(pool_runner.workers)
+    meta["backend"] = pool_runner.config.backend
     vector = SteeringVector({layer: torch.from_numpy(np.asarray(d, np.float32)) for layer, d in directions.items()},
                             meta)
     return ExtractionResult(vector, layers, results, {n: w.tolist() for n, w in weights.items()},

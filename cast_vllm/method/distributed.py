@@ -6,7 +6,7 @@ exist, CPU otherwise) owns a reader (``activations.py``); prompts are cut into f
 by index, handed to whichever actor is free, and gathered back in order. Because the shard
 partition does not depend on the worker count, N workers compute exactly what one does.
 
-Fault tolerance: an actor that dies (killed, OOM, node lost) is replaced by a fresh one and
+Fault tolerance: an actor that dies (killed, Ray's OOM killer, node lost) is replaced by a fresh one and
 its shard is redone; a shard that kills ``max_retries`` workers in a row aborts the run.
 Errors raised by the reader itself (a prompt too long, say) are not retried: they would
 only fail again.
@@ -141,7 +141,7 @@ class ActivationPool:
 
     def __init__(self, config: ReaderConfig, workers: int = 1, *, use_ray: bool | None = None, shard_size: int = 64,
                  checkpoint_dir: str | Path | None = None, gpus_per_worker: float | None = None,
-                 cpus_per_worker: float | None = None, max_retries: int = 3):
+                 cpus_per_worker: float | None = None, max_retries: int = 3, start_timeout: float = 900.0):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if shard_size < 1:
@@ -151,6 +151,7 @@ class ActivationPool:
         self.use_ray = workers > 1 if use_ray is None else use_ray
         self.shard_size = shard_size
         self.max_retries = max_retries
+        self.start_timeout = start_timeout
         self.gpus_per_worker = gpus_per_worker
         self.cpus_per_worker = cpus_per_worker
         self.checkpoint = ShardCheckpoint(checkpoint_dir, model_fingerprint(config)) if checkpoint_dir else None
@@ -167,7 +168,7 @@ class ActivationPool:
     def _start_actors(self) -> None:
         import ray
         import torch
-        from ray.exceptions import RayActorError
+        from ray.exceptions import OutOfMemoryError, RayActorError
 
         self._started_ray = ensure_ray() or self._started_ray
         gpus = self.gpus_per_worker
@@ -189,11 +190,23 @@ class ActivationPool:
                                      runtime_env={"env_vars": env})(_ActivationWorker)
         self._actors = [self._new_actor() for _ in range(self.workers)]
         self._pid_refs = [a.ready.remote() for a in self._actors]
+        free = ray.available_resources()
+        if free.get("CPU", 0) < self.workers * cpus or (gpus and free.get("GPU", 0) < self.workers * gpus):
+            logger.warning("Ray has %s CPU / %s GPU free, %d workers ask for %s CPU / %s GPU each: waiting for "
+                           "resources (other Ray jobs?)", free.get("CPU", 0), free.get("GPU", 0), self.workers,
+                           cpus, gpus)
         try:
-            ray.get(self._pid_refs)  # surfaces a model that cannot load before any work is handed out
-        except RayActorError as exc:
+            # surfaces a model that cannot load before any work is handed out
+            ray.get(self._pid_refs, timeout=self.start_timeout)
+        except (RayActorError, OutOfMemoryError) as exc:
             self.close()
             raise WorkerLostError(f"a Ray worker could not start its {self.config.backend} reader: {exc}") from None
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise WorkerLostError(
+                f"{self.workers} Ray workers did not start within {self.start_timeout:g} s; the cluster has "
+                f"{free.get('CPU', 0)} CPU / {free.get('GPU', 0)} GPU free and each worker asks for {cpus} CPU / "
+                f"{gpus} GPU") from None
         logger.info("started %d Ray workers (%s CPU, %s GPU each)", self.workers, cpus, gpus)
 
     def worker_pids(self) -> list[int]:
@@ -267,7 +280,7 @@ class ActivationPool:
 
     def _run_ray(self, shards, todo, results, bar, on_shard_done) -> None:
         import ray
-        from ray.exceptions import ObjectLostError, RayActorError, RayTaskError, WorkerCrashedError
+        from ray.exceptions import ObjectLostError, OutOfMemoryError, RayActorError, RayTaskError, WorkerCrashedError
 
         if not self._actors:
             self._start_actors()
@@ -287,7 +300,7 @@ class ActivationPool:
             except RayTaskError as exc:  # the reader raised: deterministic, do not retry
                 self._cancel(in_flight)
                 raise exc.as_instanceof_cause() from None
-            except (RayActorError, WorkerCrashedError, ObjectLostError) as exc:
+            except (RayActorError, WorkerCrashedError, ObjectLostError, OutOfMemoryError) as exc:
                 failures[i] = failures.get(i, 0) + 1
                 if failures[i] > self.max_retries:
                     self._cancel(in_flight)
