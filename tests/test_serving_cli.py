@@ -79,3 +79,12 @@ def test_serve_command_refuses_a_missing_vector_dir(tiny_model_dir, tmp_path, ca
                "--upload-dir", str(tmp_path / "up")])
     assert rc == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+
+def test_embedded_model_name_resolves_to_its_folder(default_model_dir, tiny_model_dir):
+    from cast_vllm.commands.serve import resolve_model
+
+    assert resolve_model("smollm2-135m") == str(default_model_dir)
+    assert resolve_model(None) == str(default_model_dir)
+    assert resolve_model(str(tiny_model_dir("llama"))) == str(tiny_model_dir("llama"))

@@ -15,7 +15,7 @@ def add_arguments(p):
     from cast_vllm.serving.server import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_PORT
 
     p.add_argument("--model", default=None,
-                   help="model folder or hub id (default: the embedded smollm2-135m, prepared if needed)")
+                   help="model folder, hub id or embedded model name (default: smollm2-135m, prepared if needed)")
     p.add_argument("--vector-dir", default=None,
                    help="directory of steering vectors, by file stem (default: $CAST_VLLM_HOME/vectors)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"bind address (default {DEFAULT_HOST}: this machine only)")
@@ -31,18 +31,24 @@ def add_arguments(p):
     p.epilog = "Any other option is passed to vLLM's OpenAI-compatible server (e.g. --api-key, --dtype)."
 
 
+def resolve_model(model: str | None) -> str:
+    """An embedded model name (or nothing: the default) becomes its prepared folder; else as given."""
+    from cast_vllm.model_zoo import DEFAULT_MODEL, MODELS, prepare_model
+
+    model = model or DEFAULT_MODEL
+    return str(prepare_model(model)) if model in MODELS else model
+
+
 def run(args) -> int:
     from cast_vllm.engine.settings import default_vector_dir
-    from cast_vllm.model_zoo import DEFAULT_MODEL, PrepareModelError, prepare_model
+    from cast_vllm.model_zoo import PrepareModelError
     from cast_vllm.serving.server import ServeError, ServeOptions, run as run_server
 
-    model = args.model
-    if model is None:
-        try:
-            model = str(prepare_model(DEFAULT_MODEL))
-        except PrepareModelError as exc:
-            print(f"cast-vllm serve: {exc}", file=sys.stderr)
-            return 1
+    try:
+        model = resolve_model(args.model)
+    except PrepareModelError as exc:
+        print(f"cast-vllm serve: {exc}", file=sys.stderr)
+        return 1
     options = ServeOptions(model=model, vector_dir=args.vector_dir or default_vector_dir(), host=args.host,
                            port=args.port, max_steering_vectors=args.max_steering_vectors,
                            max_steering_scale=args.max_steering_scale, upload_dir=args.upload_dir,
