@@ -6,6 +6,10 @@ Workload (issue 3): the default model, a batch of 64 prompts, 64 output tokens e
 Each steered run is paired with an unsteered run next to it in time, and the median of the
 paired ratios is the number reported (robust to load from other jobs on a shared machine).
 
+Both engines run in this process (no engine-core or worker processes): vLLM's CPU worker
+process busy-polls while idle, so with two multiprocess engines alive the idle one steals a
+core from the one being timed, which made earlier runs on this 2-core machine meaningless.
+
     python bench/throughput.py [--rounds 3] [--batch 64] [--max-tokens 64] [--ks 0 1 8 64]
 """
 
@@ -46,6 +50,8 @@ def prompts(batch: int) -> list[str]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # see the module docstring
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))  # vLLM would drop to 1 thread
     import torch
     from vllm import LLM, SamplingParams
 
@@ -54,7 +60,8 @@ def main(argv=None) -> int:
 
     model = str(prepare_model(args.model)) if args.model in MODELS else args.model
     common = dict(dtype="float32", max_model_len=512, max_num_seqs=args.batch, seed=0,
-                  enforce_eager=args.enforce_eager, kv_cache_memory_bytes=1 << 30, enable_prefix_caching=False)
+                  enforce_eager=args.enforce_eager, kv_cache_memory_bytes=1 << 30, enable_prefix_caching=False,
+                  distributed_executor_backend="uni")
     plain = LLM(model, **common)
     steered = SteeredLLM(model, max_steering_vectors=max(args.ks + [1]), **common)
     num_layers, hidden = steered.num_layers, steered.hidden_size
@@ -127,13 +134,17 @@ def _plot(rows, path, machine):
 
     names = list(rows)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(names, [rows[n]["ratio_vs_unsteered"] for n in names], color="tab:blue")
+    medians = [rows[n]["ratio_vs_unsteered"] for n in names]
+    ax.bar(names, medians, color="tab:blue", alpha=0.7, label="median paired ratio")
+    for i, n in enumerate(names):
+        ratios = rows[n]["pair_ratios"]
+        ax.plot([i] * len(ratios), ratios, "k.", ms=4, label="one pair" if i == 0 else None)
+        ax.text(i, max(ratios) + 0.005, f"{medians[i]:.3f}", ha="center", va="bottom")
     ax.axhline(1.0, color="grey", lw=1)
     ax.axhline(0.97, color="tab:red", lw=1, ls="--", label="target 0.97")
-    for i, n in enumerate(names):
-        ax.text(i, rows[n]["ratio_vs_unsteered"], f"{rows[n]['ratio_vs_unsteered']:.2f}x", ha="center", va="bottom")
-    ax.set_ylabel("steered / unsteered throughput (median paired ratio)")
-    ax.legend(loc="lower right")
+    ax.set_ylim(0.8, 1.1)
+    ax.set_ylabel("steered / unsteered tok/s")
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"Steered vs unsteered throughput ({machine})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
