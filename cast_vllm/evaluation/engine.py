@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from cast_vllm.engine.shutdown import shutdown_llm
 from cast_vllm.evaluation.scoring import LabelSet, label_logprobs
 
 logger = logging.getLogger(__name__)
@@ -140,12 +141,7 @@ class EvalEngine:
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
-            core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-            if core is not None and hasattr(core, "shutdown"):
-                try:
-                    core.shutdown()
-                except Exception:  # best effort at teardown
-                    logger.debug("engine shutdown failed", exc_info=True)
+            shutdown_llm(llm)
             del llm
 
 

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cast_vllm.method.tasks import TaskItem, TaskSpec
+from cast_vllm.method.tasks import TaskItem, TaskSpec, plain_prompt
 
 METHODS = ("zero_shot", "icl", "cast", "cast_random_selection", "mean_diff", "random_vector", "target_icl")
 STEERED_METHODS = ("cast", "cast_random_selection", "mean_diff", "random_vector")
@@ -66,12 +66,7 @@ def zero_shot_prompt(item: TaskItem, spec: TaskSpec) -> str:
 def cross_task_prompt(item: TaskItem, demos: Sequence[TaskItem], target_spec: TaskSpec,
                       source_spec: TaskSpec) -> str:
     """Demonstrations in the source format, then the query in the target format."""
-    blocks = [source_spec.render_query(d) + source_spec.answer_prefix + source_spec.completion(d) for d in demos]
-    blocks.append(target_spec.render_query(item) + target_spec.answer_prefix)
-    prompt = target_spec.separator.join(blocks)
-    if target_spec.instruction:
-        prompt = target_spec.instruction.rstrip("\n") + "\n" + prompt
-    return prompt
+    return plain_prompt(item, demos, target_spec, source_spec)
 
 
 def _centre_normalise(x: np.ndarray) -> np.ndarray:

@@ -24,6 +24,8 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from cast_vllm.engine.shutdown import shutdown_llm
+
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("vllm", "hf")
@@ -281,12 +283,7 @@ class VLLMActivationReader:
     def close(self) -> None:
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
-            core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-            if core is not None and hasattr(core, "shutdown"):
-                try:
-                    core.shutdown()
-                except Exception:  # best effort: the engine may already be gone
-                    logger.debug("engine shutdown failed", exc_info=True)
+            shutdown_llm(llm)
             del llm
         gc.collect()
 

@@ -363,7 +363,15 @@ def build_prompt(item: TaskItem, demos: Sequence[TaskItem] = (), task: "TaskSpec
             messages.append({"role": "assistant", "content": spec.completion(demo).strip()})
         messages.append({"role": "user", "content": (spec.render_query(item) + spec.answer_prefix).strip()})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    blocks = [spec.render_query(d) + spec.answer_prefix + spec.completion(d) for d in demos]
+    return plain_prompt(item, demos, spec)
+
+
+def plain_prompt(item: TaskItem, demos: Sequence[TaskItem], spec: "TaskSpec",
+                 demo_spec: "TaskSpec | None" = None) -> str:
+    """Worked examples rendered in ``demo_spec``'s format (default: ``spec``), then the query in
+    ``spec``'s, ending with its answer prefix (cross-task ICL uses two formats)."""
+    demo_spec = demo_spec or spec
+    blocks = [demo_spec.render_query(d) + demo_spec.answer_prefix + demo_spec.completion(d) for d in demos]
     blocks.append(spec.render_query(item) + spec.answer_prefix)
     prompt = spec.separator.join(blocks)
     if spec.instruction:
