@@ -107,9 +107,10 @@ class SlotTable:
         if num_tokens > self.max_tokens:
             raise RuntimeError(f"{num_tokens} tokens exceed the steering index buffer ({self.max_tokens})")
         n = max(num_tokens, self._dirty_tokens)
+        used = self._host_slots[:num_tokens]
+        active = bool(used.any())
         if self._eager_shortcuts:
-            used = self._host_slots[:num_tokens]
-            self.eager_path = (STEP_SKIP if not used.any() else
+            self.eager_path = (STEP_SKIP if not active else
                                STEP_FULL if self._host_norm_slots[used].any() else STEP_ADD)
         if n == 0:
             return
@@ -117,4 +118,4 @@ class SlotTable:
         src = torch.from_numpy(self._host_slots[:n])
         for buf in {id(layer.cast_token_slots): layer.cast_token_slots for _, layer in self.layers}.values():
             buf[:n].copy_(src, non_blocking=True)
-        self._dirty_tokens = num_tokens if self._host_slots[:num_tokens].any() else 0
+        self._dirty_tokens = num_tokens if active else 0
