@@ -180,7 +180,7 @@ def test_report_renders_table_and_png(full_run, tmp_path):
     text = render_markdown(suite)
     assert "| target (source) |" in text and "**average (1 cross-task)**" in text
     assert "(in-domain reference)" in text and "Goal check" in text
-    (tmp_path / "t_notes.md").write_text("## What we learned\nnotes here\n")
+    (tmp_path / "transfer_notes.md").write_text("## What we learned\nnotes here\n")
     write_report(suite, tmp_path / "t.md", tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 10_000
     assert (tmp_path / "t.md").read_text().rstrip().endswith("notes here")

@@ -3,7 +3,8 @@
 The average row is over the cross-task pairs only; the in-domain pair (movies -> movies) is
 shown below it as the reference where the mechanism must show. A ``*`` marks a difference
 from zero-shot with paired-bootstrap p < 0.05. A hand-written analysis, when the file
-``<stem>_notes.md`` sits beside the report, is appended as the last section.
+``transfer_notes.md`` sits beside the report, is appended as the last section of every
+model's report (the findings compare the models).
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ def render_markdown(suite: dict) -> str:
 def write_report(suite: dict, md_path: str | Path, png_path: str | Path | None = None) -> None:
     md_path = Path(md_path)
     text = render_markdown(suite)
-    notes = md_path.with_name(md_path.stem + "_notes.md")
+    notes = md_path.with_name("transfer_notes.md")  # hand-written findings, shared by every model's report
     if notes.is_file():
         text += "\n" + notes.read_text()
     md_path.write_text(text)
