@@ -10,9 +10,9 @@ one after the other, for the same fixed window, with C streaming requests in fli
 
 while plain vLLM always gets unsteered requests. The ratio cast/plain within a phase compares
 windows adjacent in time (order alternating by round, phases rotated), and
-``steered / unsteered`` is the ratio of those paired ratios. Both servers use the in-process
-(``uni``) executor: vLLM's CPU worker process busy-polls while idle, so an idle multiprocess
-server steals a core from the loaded one (on this 2-core machine that cut throughput 40x).
+``steered / unsteered`` is the ratio of those paired ratios. One server is loaded at a time,
+with one torch thread: loading both at once (six vLLM processes and the client on this 2-core
+machine) gave 14-22 tok/s per server and no usable ratio.
 Tokens are counted as they stream (``continuous_usage_stats``), inside the window only.
 Vectors: one random direction per layer, at all layers, sized 0.02 x a typical residual norm.
 Output: tokens/s per server (median over rounds), ratios (median over rounds), p50 / p99
@@ -188,8 +188,9 @@ def _ms(x):
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    # One server is loaded at a time, so it may use every core (vLLM would drop to 1 thread).
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
+    # One torch thread per server: the client and the API server need the other core. With two
+    # threads, windows of the same traffic varied by 15-30% here (spin-wait contention).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     import requests
 
     from cast_vllm.model_zoo import MODELS, prepare_model
@@ -201,8 +202,7 @@ def main(argv=None) -> int:
     write_vectors(model, work / "vectors", args.vectors, args.relative_norm)
     vllm_args = ["--dtype", "float32", "--max-model-len", "512", "--kv-cache-memory-bytes", str(1 << 30),
                  "--max-num-seqs", str(max(args.concurrency, 32)), "--served-model-name", MODEL_NAME,
-                 "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning",
-                 "--distributed-executor-backend", "uni"]  # see the module docstring
+                 "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning"]
     if args.enforce_eager:
         vllm_args.append("--enforce-eager")
     plain = ServerProcess(model, "", vllm_args, plain_vllm=True, log_path=work / "plain.log")
