@@ -15,7 +15,6 @@ prove that no test item ever reaches a hyper-parameter selection call.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -23,8 +22,6 @@ from typing import Any, Sequence
 
 from cast_vllm.engine.shutdown import shutdown_llm
 from cast_vllm.evaluation.scoring import LabelSet, label_logprobs
-
-logger = logging.getLogger(__name__)
 
 
 class PromptTooLongError(ValueError):

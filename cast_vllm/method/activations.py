@@ -15,7 +15,6 @@ actors can build their own copy (``distributed.py``).
 from __future__ import annotations
 
 import gc
-import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -25,8 +24,6 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from cast_vllm.engine.shutdown import shutdown_llm
-
-logger = logging.getLogger(__name__)
 
 BACKENDS = ("vllm", "hf")
 
