@@ -6,9 +6,9 @@ Workload (issue 3): the default model, a batch of 64 prompts, 64 output tokens e
 Each steered run is paired with an unsteered run next to it in time, and the median of the
 paired ratios is the number reported (robust to load from other jobs on a shared machine).
 
-Both engines run in this process (no engine-core or worker processes): vLLM's CPU worker
-process busy-polls while idle, so with two multiprocess engines alive the idle one steals a
-core from the one being timed, which made earlier runs on this 2-core machine meaningless.
+Both engines run in this process (no engine-core or worker processes): with two multiprocess
+engines alive, the idle engine's CPU worker kept polling (70% of a core, seen with top) while
+the other was timed, which made earlier runs on this 2-core machine meaningless.
 
     python bench/throughput.py [--rounds 3] [--batch 64] [--max-tokens 64] [--ks 0 1 8 64]
 """
