@@ -193,10 +193,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import requests
 
-    from cast_vllm.model_zoo import MODELS, prepare_model
+    from cast_vllm.model_zoo import resolve
     from cast_vllm.serving.launcher import ServerProcess
 
-    model = str(prepare_model(args.model)) if args.model in MODELS else args.model
+    model = resolve(args.model)
     work = Path(tempfile.mkdtemp(prefix="cast-vllm-bench-serving-"))
     (work / "vectors").mkdir()
     write_vectors(model, work / "vectors", args.vectors, args.relative_norm)

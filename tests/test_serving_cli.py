@@ -83,8 +83,8 @@ def test_serve_command_refuses_a_missing_vector_dir(tiny_model_dir, tmp_path, ca
 
 
 def test_embedded_model_name_resolves_to_its_folder(default_model_dir, tiny_model_dir):
-    from cast_vllm.commands.serve import resolve_model
+    from cast_vllm.model_zoo import resolve
 
-    assert resolve_model("smollm2-135m") == str(default_model_dir)
-    assert resolve_model(None) == str(default_model_dir)
-    assert resolve_model(str(tiny_model_dir("llama"))) == str(tiny_model_dir("llama"))
+    assert resolve("smollm2-135m") == str(default_model_dir)
+    assert resolve(None) == str(default_model_dir)
+    assert resolve(str(tiny_model_dir("llama"))) == str(tiny_model_dir("llama"))

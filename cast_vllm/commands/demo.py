@@ -58,12 +58,12 @@ def _run(args) -> int:
     from cast_vllm.evaluation.harness import EvalConfig, evaluate
     from cast_vllm.evaluation.suite import default_data_dir
     from cast_vllm.evaluation.vader import vader_file
-    from cast_vllm.model_zoo import MODELS, prepare_model
+    from cast_vllm.model_zoo import resolve
 
     t0 = time.perf_counter()
     progress = not args.no_progress
     print("[1/4] preparing the model ...", flush=True)
-    model = str(prepare_model(args.model)) if args.model in MODELS else args.model
+    model = resolve(args.model)
     print(f"      {model}")
     print("[2/4] sentiment data ...", flush=True)
     data_dir = args.data_dir or default_data_dir()

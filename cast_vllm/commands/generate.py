@@ -23,9 +23,9 @@ def run(args) -> int:
     from vllm import SamplingParams
 
     from cast_vllm import SteeredLLM
-    from cast_vllm.model_zoo import MODELS, prepare_model
+    from cast_vllm.model_zoo import resolve
 
-    model = str(prepare_model(args.model)) if args.model in MODELS else args.model
+    model = resolve(args.model)
     llm = SteeredLLM(model, vector_dir=args.vector_dir, dtype=args.dtype, enforce_eager=args.enforce_eager,
                      max_model_len=2048)
     variants = [("steered", args.steering)] + ([("unsteered", None)] if args.compare and args.steering else [])

@@ -31,21 +31,13 @@ def add_arguments(p):
     p.epilog = "Any other option is passed to vLLM's OpenAI-compatible server (e.g. --api-key, --dtype)."
 
 
-def resolve_model(model: str | None) -> str:
-    """An embedded model name (or nothing: the default) becomes its prepared folder; else as given."""
-    from cast_vllm.model_zoo import DEFAULT_MODEL, MODELS, prepare_model
-
-    model = model or DEFAULT_MODEL
-    return str(prepare_model(model)) if model in MODELS else model
-
-
 def run(args) -> int:
     from cast_vllm.engine.settings import default_vector_dir
-    from cast_vllm.model_zoo import PrepareModelError
+    from cast_vllm.model_zoo import PrepareModelError, resolve
     from cast_vllm.serving.server import ServeError, ServeOptions, run as run_server
 
     try:
-        model = resolve_model(args.model)
+        model = resolve(args.model)
     except PrepareModelError as exc:
         print(f"cast-vllm serve: {exc}", file=sys.stderr)
         return 1
