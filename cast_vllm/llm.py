@@ -9,9 +9,11 @@ import tempfile
 import weakref
 
 from vllm import LLM
+from vllm.outputs import RequestOutput
 
 from cast_vllm.engine.architectures import wrapper_for
 from cast_vllm.engine.settings import DEFAULT_MAX_SCALE, DEFAULT_MAX_STEERING_VECTORS, SteeringSettings
+from cast_vllm.receipt import SteeringReceipt
 from cast_vllm.store import VectorStore
 from cast_vllm.vectors import SteeringVector
 
@@ -24,6 +26,7 @@ class SteeredLLM(LLM):
 
     Vectors come from ``vector_dir`` (by file stem) or from ``register_vector``; registered
     vectors live in a private directory searched first, so they shadow files of the same name.
+    Every ``RequestOutput`` it returns has ``.steering``: a ``SteeringReceipt`` or None.
     """
 
     def __init__(self, model: str, vector_dir: str | None = None, *,
@@ -51,10 +54,22 @@ class SteeredLLM(LLM):
         if _cpu_only() and "kv_cache_memory_bytes" not in kwargs and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
             kwargs["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
         super().__init__(model=model, **kwargs)
+        self.llm_engine.input_processor._cast_receipts = {}  # request id -> ResolvedSteering (hooks.py)
         cfg = self.llm_engine.model_config
         self.hidden_size = cfg.get_hidden_size()
         self.num_layers = cfg.get_num_layers(self.llm_engine.vllm_config.parallel_config)
         logger.info("SteeredLLM: %s as %s, vectors from %s", model, wrapper, [str(d) for d in self.vector_store.dirs])
+
+    def _run_engine(self, *args, **kwargs):
+        """vLLM's loop, then each steered ``RequestOutput`` gets ``.steering``: its receipt."""
+        receipts = self.llm_engine.input_processor._cast_receipts
+        outputs = super()._run_engine(*args, **kwargs)
+        for out in outputs:
+            resolved = receipts.pop(out.request_id, None)
+            if isinstance(out, RequestOutput):
+                out.steering = None if resolved is None else SteeringReceipt.build(
+                    resolved, len(out.prompt_token_ids or ()), [len(c.token_ids) for c in out.outputs])
+        return outputs
 
     def register_vector(self, name: str, vector: SteeringVector) -> None:
         """Make ``vector`` available under ``name`` to every worker, from the next request on."""

@@ -42,7 +42,8 @@ class VectorStore:
                 raise VectorFileError(f"vector directory {d} does not exist")
         self.blob_dir = Path(blob_dir) if blob_dir else cast_home() / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
-        self._cache: dict[Path, tuple[tuple[int, int], StoredVector]] = {}
+        self._cache: dict[Path, tuple[tuple[int, int, int] | None, StoredVector]] = {}
+        self._verified_blobs: dict[Path, tuple[int, int, int] | None] = {}
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
@@ -64,23 +65,41 @@ class VectorStore:
         raise VectorFileError(f"unknown steering vector {name!r} (known: {shown or 'none'})")
 
     def get(self, name: str) -> StoredVector:
-        """Load (cached by file identity), validate and blob a vector by name."""
+        """Load (cached by file identity), validate and blob a vector by name.
+
+        The blob is checked on every call (one ``stat``): a blob removed or replaced since it
+        was verified is verified again and rebuilt from the vector if it is missing or corrupt.
+        """
         path = self.path_of(name)
-        st = path.stat()
-        ident = (st.st_mtime_ns, st.st_size)
+        ident = _identity(path)
         with self._lock:
             hit = self._cache.get(path)
-            if hit and hit[0] == ident:
-                return hit[1]
-        vector = SteeringVector.load(path)
-        digest = vector.content_hash()
-        blob = self.blob_dir / f"{digest}.safetensors"
-        if not blob.is_file():
-            vector.save(blob)
-        stored = StoredVector(name=name, path=path, vector=vector, content_hash=digest, blob=blob)
-        with self._lock:
-            self._cache[path] = (ident, stored)
+        if hit is None or hit[0] != ident:
+            vector = SteeringVector.load(path)
+            digest = vector.content_hash()
+            stored = StoredVector(name=name, path=path, vector=vector, content_hash=digest,
+                                  blob=self.blob_dir / f"{digest}.safetensors")
+            with self._lock:
+                self._cache[path] = (ident, stored)
+        else:
+            stored = hit[1]
+        self._ensure_blob(stored)
         return stored
+
+    def _ensure_blob(self, stored: StoredVector) -> None:
+        blob_ident = _identity(stored.blob)
+        if blob_ident is not None and self._verified_blobs.get(stored.blob) == blob_ident:
+            return
+        if blob_ident is not None:
+            try:
+                if SteeringVector.load(stored.blob).content_hash() == stored.content_hash:
+                    self._verified_blobs[stored.blob] = blob_ident
+                    return
+            except VectorFileError:
+                pass
+            logger.warning("blob %s does not match its content hash; rebuilding it from %s", stored.blob, stored.path)
+        stored.vector.save(stored.blob)
+        self._verified_blobs[stored.blob] = _identity(stored.blob)
 
     def register(self, name: str, vector: SteeringVector) -> Path:
         """Save into the first (writable) directory; every process sees it at its next lookup."""
@@ -93,6 +112,12 @@ class VectorStore:
         logger.info("registered steering vector %r (%d layers) at %s", name, len(vector.layers), path)
         return path
 
+    def is_loaded(self, path: Path) -> bool:
+        """Validated and cached (what admission will use without reading the file again)."""
+        with self._lock:
+            hit = self._cache.get(path)
+        return hit is not None and hit[0] == _identity(path)
+
     def remove(self, name: str) -> None:
         path = self.path_of(name)
         path.unlink()
@@ -100,19 +125,52 @@ class VectorStore:
             self._cache.pop(path, None)
 
 
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or rewritten (None: no such file)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def load_blob(content_hash: str, blob: str | Path, source: str | Path | None = None) -> SteeringVector:
+    """The vector with this content hash: from its blob, else from its source file (rebuilding the blob).
+
+    Raises ``VectorFileError`` when neither holds those numbers any more.
+    """
+    problem = "is missing"
+    try:
+        vec = SteeringVector.load(blob)
+        if vec.content_hash() == content_hash:
+            return vec
+        problem = "does not match its content hash"
+    except VectorFileError as exc:
+        problem = f"cannot be read ({exc})" if Path(blob).exists() else "is missing"
+    if source is not None:
+        try:
+            vec = SteeringVector.load(source)
+        except VectorFileError as exc:
+            raise VectorFileError(f"blob {blob} {problem}, and its source cannot be read: {exc}") from None
+        if vec.content_hash() == content_hash:
+            logger.warning("blob %s %s; rebuilt from %s", blob, problem, source)
+            vec.save(blob)
+            return vec
+        raise VectorFileError(f"blob {blob} {problem}, and its source {source} now holds other numbers")
+    raise VectorFileError(f"blob {blob} {problem}")
+
+
 class BlobCache:
-    """Worker-side LRU of vectors by content hash (blobs are immutable)."""
+    """LRU of vectors by content hash (blobs are immutable), for the engine core and the workers."""
 
     def __init__(self, capacity: int = 256):
         self.capacity = capacity
         self._items: OrderedDict[str, SteeringVector] = OrderedDict()
 
-    def get(self, content_hash: str, blob: str) -> SteeringVector:
+    def get(self, content_hash: str, blob: str, source: str | None = None) -> SteeringVector:
         vec = self._items.get(content_hash)
         if vec is None:
-            vec = SteeringVector.load(blob)
-            if vec.content_hash() != content_hash:
-                raise VectorFileError(f"blob {blob} does not match its hash {content_hash}")
+            vec = load_blob(content_hash, blob, source)
             self._items[content_hash] = vec
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)

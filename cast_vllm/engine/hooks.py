@@ -1,8 +1,9 @@
-"""The three engine hooks, installed by the plugin in every vLLM process (each is inert for
+"""The engine hooks, installed by the plugin in every vLLM process (each is inert for
 models that are not steering wrappers):
 
-- front end: ``InputProcessor.process_inputs`` validates and resolves steering, salts the prefix cache;
-- engine core: ``Scheduler.schedule`` keeps steered requests within the slot budget;
+- front end: ``InputProcessor.process_inputs`` validates every request's keys and resolves steering;
+- engine core: ``generate_block_hash_extra_keys`` adds steering to prefix-cache block keys;
+- engine core: ``Scheduler._handle_blocked_waiting_request`` keeps steered requests within the slot budget;
 - worker: ``GPUModelRunner._model_forward`` (V1 runner, CPU and GPU) indexes tokens to slots.
 
 Plus one read-only engine-core utility, ``EngineCore.cast_steering_stats``, so a front end
@@ -25,17 +26,34 @@ def install() -> None:
     # The V2 model-state path cannot be tested on CPU machines; keep the tested V1 runner by default.
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
     _patch_admission()
+    _patch_block_hasher()
     _patch_scheduler()
     _patch_runner()
     _patch_engine_core()
+
+
+def _admission_of(processor):
+    """The front end's Admission (None for models that are not steering wrappers), made once."""
+    admission = getattr(processor, "_cast_admission", _MISSING)
+    if admission is _MISSING:
+        from cast_vllm.engine.admission import Admission
+        from cast_vllm.engine.settings import SteeringSettings, is_steering_model
+
+        hf_config = processor.model_config.hf_config
+        admission = None
+        if is_steering_model(hf_config):
+            admission = Admission(SteeringSettings.from_hf_config(hf_config),
+                                  processor.model_config.get_hidden_size(),
+                                  processor.model_config.get_num_layers(processor.vllm_config.parallel_config))
+        processor._cast_admission = admission
+    return admission
 
 
 def _patch_admission() -> None:
     from vllm.sampling_params import SamplingParams
     from vllm.v1.engine.input_processor import InputProcessor
 
-    from cast_vllm.engine.admission import RESOLVED_KEY, Admission, salt_for
-    from cast_vllm.engine.settings import SteeringSettings, is_steering_model
+    from cast_vllm.engine.resolved import RESOLVED_KEY
     from cast_vllm.spec import SteeringSpecError
 
     original = InputProcessor.process_inputs
@@ -44,32 +62,49 @@ def _patch_admission() -> None:
 
     @functools.wraps(original)
     def process_inputs(self, request_id, prompt, params, *args, **kwargs):
-        admission = getattr(self, "_cast_admission", _MISSING)
-        if admission is _MISSING:
-            hf_config = self.model_config.hf_config
-            admission = None
-            if is_steering_model(hf_config):
-                admission = Admission(SteeringSettings.from_hf_config(hf_config),
-                                      self.model_config.get_hidden_size(),
-                                      self.model_config.get_num_layers(self.vllm_config.parallel_config))
-            self._cast_admission = admission
-        steered = isinstance(params, SamplingParams) and (params.extra_args or {}).get("steering") is not None
+        admission = _admission_of(self)
+        extra = params.extra_args if isinstance(params, SamplingParams) else None
         if admission is None:
-            if steered:
+            if (extra or {}).get("steering") is not None:
                 raise SteeringSpecError(
                     "invalid steering: this model is not served with a steering architecture "
                     "(use SteeredLLM or hf_overrides={'architectures': ['Cast<Arch>ForCausalLM']})")
             return original(self, request_id, prompt, params, *args, **kwargs)
-        resolved = admission.resolve(params.extra_args) if isinstance(params, SamplingParams) else None
+        resolved = admission.resolve(extra) if extra else None  # checks every request's keys
         request = original(self, request_id, prompt, params, *args, **kwargs)
         if resolved is not None:
             sp = request.sampling_params
             sp.extra_args = {**(sp.extra_args or {}), RESOLVED_KEY: resolved}
-            request.cache_salt = salt_for(resolved, request.cache_salt)
+            receipts = getattr(self, "_cast_receipts", None)  # set by SteeredLLM, which reads them back
+            if receipts is not None:
+                receipts[request.request_id] = resolved
         return request
 
     process_inputs._cast_patched = True
     InputProcessor.process_inputs = process_inputs
+
+
+def _patch_block_hasher() -> None:
+    """Prefix-cache keys that cover steering (engine core; see ``steering_block_keys``)."""
+    from vllm.v1.core import kv_cache_utils
+
+    from cast_vllm.engine.resolved import steering_block_keys
+
+    original = kv_cache_utils.generate_block_hash_extra_keys
+    if getattr(original, "_cast_patched", False):
+        return
+
+    @functools.wraps(original)
+    def generate_block_hash_extra_keys(request, start_token_idx, end_token_idx, start_mm_idx):
+        extra_keys, next_mm_idx = original(request, start_token_idx, end_token_idx, start_mm_idx)
+        ours = steering_block_keys(request.sampling_params, request.num_prompt_tokens, start_token_idx,
+                                   end_token_idx)
+        if ours:
+            extra_keys = (*(extra_keys or ()), *ours)
+        return extra_keys, next_mm_idx
+
+    generate_block_hash_extra_keys._cast_patched = True
+    kv_cache_utils.generate_block_hash_extra_keys = generate_block_hash_extra_keys
 
 
 def _patch_scheduler() -> None:
@@ -78,27 +113,37 @@ def _patch_scheduler() -> None:
     from cast_vllm.engine.scheduler_hook import SlotBudget
     from cast_vllm.engine.settings import SteeringSettings, is_steering_model
 
-    original = Scheduler.schedule
-    if getattr(original, "_cast_patched", False):
+    original_schedule = Scheduler.schedule
+    original_ready = Scheduler._handle_blocked_waiting_request
+    if getattr(original_schedule, "_cast_patched", False):
         return
 
-    @functools.wraps(original)
-    def schedule(self, *args, **kwargs):
-        budget = getattr(self, "_cast_budget", _MISSING)
+    def budget_of(scheduler):
+        budget = getattr(scheduler, "_cast_budget", _MISSING)
         if budget is _MISSING:
-            hf_config = self.vllm_config.model_config.hf_config
+            hf_config = scheduler.vllm_config.model_config.hf_config
             budget = (SlotBudget(SteeringSettings.from_hf_config(hf_config).max_steering_vectors)
                       if is_steering_model(hf_config) else None)
-            self._cast_budget = budget
-        held = budget.hold_back(self) if budget is not None and self.waiting else []
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            if held:
-                self.waiting.prepend_requests(reversed(held))
+            scheduler._cast_budget = budget
+        return budget
+
+    @functools.wraps(original_schedule)
+    def schedule(self, *args, **kwargs):
+        budget = budget_of(self)
+        if budget is not None:
+            budget.begin_step()
+        return original_schedule(self, *args, **kwargs)
+
+    @functools.wraps(original_ready)
+    def _handle_blocked_waiting_request(self, request):
+        if not original_ready(self, request):
+            return False
+        budget = budget_of(self)
+        return budget is None or budget.admit(self, request)
 
     schedule._cast_patched = True
     Scheduler.schedule = schedule
+    Scheduler._handle_blocked_waiting_request = _handle_blocked_waiting_request
 
 
 def _patch_runner() -> None:
@@ -140,6 +185,7 @@ def _patch_engine_core() -> None:
         except Exception as exc:  # no SteeringWorkerExtension configured: no worker counters
             logger.debug("cast_steering_stats: workers did not answer: %s", exc)
             workers = []
-        return {"waits": budget.waits if budget is not None else 0, "workers": list(workers)}
+        return {"waits": budget.waits if budget is not None else 0,
+                "failed": budget.failed if budget is not None else 0, "workers": list(workers)}
 
     EngineCore.cast_steering_stats = cast_steering_stats

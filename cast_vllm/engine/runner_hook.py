@@ -10,24 +10,30 @@ Two adapters feed the same indexer: the V1 model runner (CPU and GPU; patched
 
 from __future__ import annotations
 
-from cast_vllm.engine.admission import RESOLVED_KEY
+import logging
+
+from cast_vllm.engine.resolved import resolved_of
 from cast_vllm.engine.slot_manager import SlotManager
 from cast_vllm.engine.slot_table import SlotTable
-from cast_vllm.spec import PHASE_GENERATED, PHASE_LAST_PROMPT, PHASE_PROMPT, phase_masks
+from cast_vllm.spec import PHASE_GENERATED, PHASE_LAST_PROMPT, PHASE_PROMPT
+from cast_vllm.vectors import VectorFileError
+
+logger = logging.getLogger(__name__)
 
 
 def request_steering(sampling_params, prompt_len: int):
     """What the indexer needs of one request: (resolved steering, phase -> active components, prompt length)."""
-    resolved = (sampling_params.extra_args or {}).get(RESOLVED_KEY) if sampling_params is not None else None
-    if not resolved:
+    resolved = resolved_of(sampling_params)
+    if resolved is None:
         return None
-    return resolved, phase_masks([c["positions"] for c in resolved["components"]]), prompt_len
+    return resolved, resolved.phase_masks, prompt_len
 
 
 class StepIndexer:
     def __init__(self, table: SlotTable, manager: SlotManager):
         self.table = table
         self.manager = manager
+        self.unloadable = 0     # requests left unsteered because a vector vanished after admission
         self._v1_requests: dict[str, tuple | None] = {}
 
     def index(self, req_ids, query_start_loc, num_computed, steering_of) -> None:
@@ -49,10 +55,18 @@ class StepIndexer:
             # Tokens [start, end) hold positions [first, first + end - start); split them by phase.
             cut_last = start + min(max(prompt_len - 1 - first, 0), end - start)
             cut_gen = start + min(max(prompt_len - first, 0), end - start)
-            for phase, lo, hi in ((PHASE_PROMPT, start, cut_last), (PHASE_LAST_PROMPT, cut_last, cut_gen),
-                                  (PHASE_GENERATED, cut_gen, end)):
-                if hi > lo and phase in masks:
-                    host[lo:hi] = self.manager.slot_for(resolved, masks[phase])
+            try:
+                for phase, lo, hi in ((PHASE_PROMPT, start, cut_last), (PHASE_LAST_PROMPT, cut_last, cut_gen),
+                                      (PHASE_GENERATED, cut_gen, end)):
+                    if hi > lo and phase in masks:
+                        host[lo:hi] = self.manager.slot_for(resolved, masks[phase])
+            except VectorFileError as exc:
+                # The engine core verified the vector a moment ago; it vanished since (both blob
+                # and source). Failing here would stop the engine for every request.
+                host[start:end] = 0
+                self.unloadable += 1
+                logger.error("request %s runs unsteered: its steering vector was removed after admission: %s",
+                             req_id, exc)
         self.table.publish_token_slots(num_tokens)
 
     def prepare_v1(self, runner) -> None:

@@ -1,53 +1,73 @@
 """Slot-aware admission in the engine-core scheduler.
 
-When waiting requests need more distinct steering rows than the slot table has, the extra
-ones stay in the waiting queue (in order) and run when running requests finish: no request
-fails and no row in use is evicted. Same idea as vLLM's ``max_loras`` check.
+vLLM asks ``_handle_blocked_waiting_request`` about every waiting request it is about to
+schedule, in queue order, from both waiting queues; a ``False`` makes it skip the request for
+this step and keep its place. The budget answers there, so it sees exactly the requests vLLM
+really schedules (grammar still compiling, LoRA limits, remote KV and preemption included):
+
+- rows in use are counted from ``scheduler.running`` as it grows during the step, so a request
+  that vLLM skipped for another reason never holds rows;
+- a steered request whose new rows would exceed ``max_steering_vectors`` waits, and once one
+  waits every later steered request waits too (arrival order: no starvation by traffic on
+  vectors already loaded); unsteered requests pass;
+- a request whose vector blob cannot be loaded (and cannot be rebuilt from its source file) is
+  finished with an error on its own, before any worker sees it.
 """
 
 from __future__ import annotations
 
 import logging
 
-from cast_vllm.engine.admission import RESOLVED_KEY
+from cast_vllm.engine.resolved import ResolvedSteering, resolved_of
+from cast_vllm.store import BlobCache
+from cast_vllm.vectors import VectorFileError
 
 logger = logging.getLogger(__name__)
 
 
-def _resolved(request):
-    params = request.sampling_params
-    return (params.extra_args or {}).get(RESOLVED_KEY) if params is not None else None
-
-
 class SlotBudget:
-    """Counts rows needed by running requests and holds back waiting ones that do not fit."""
-
     def __init__(self, max_slots: int):
         self.max_slots = max_slots
-        self.waits = 0          # requests held back for a step, summed over steps
+        self.waits = 0              # requests held back for a step, summed over steps
+        self.failed = 0             # requests finished with an error (unloadable vector)
+        self.blobs = BlobCache(capacity=64)
+        self._counted = 0           # leading entries of scheduler.running already in _used
+        self._used: dict[str, int] = {}
+        self._holding = False
 
-    def hold_back(self, scheduler) -> list:
-        used: dict[str, int] = {}
-        for request in scheduler.running:
-            r = _resolved(request)
-            if r:
-                used[r["key"]] = r["slots"]
-        total = sum(used.values())
-        seats = scheduler.max_num_running_reqs - len(scheduler.running)
-        held, admitted = [], 0
-        for request in scheduler.waiting:
-            if admitted >= seats:
-                break
-            r = _resolved(request)
-            if r and r["key"] not in used:
-                if total + r["slots"] > self.max_slots:
-                    held.append(request)
-                    continue
-                used[r["key"]] = r["slots"]
-                total += r["slots"]
-            admitted += 1
-        if held:
-            scheduler.waiting.remove_requests(held)
-            self.waits += len(held)
-            logger.debug("holding %d steered requests until a steering slot frees", len(held))
-        return held
+    def begin_step(self) -> None:
+        self._counted, self._used, self._holding = 0, {}, False
+
+    def _count_running(self, running: list) -> None:
+        for request in running[self._counted:]:
+            r = resolved_of(request.sampling_params)
+            if r is not None:
+                self._used[r.key] = r.slots
+        self._counted = len(running)
+
+    def admit(self, scheduler, request) -> bool:
+        """False: vLLM skips the request this step (it keeps its place in the queue)."""
+        r = resolved_of(request.sampling_params)
+        if r is None:
+            return True
+        if not self._loadable(r, request.request_id):
+            scheduler.grammar_compile_error_reqs.add(request.request_id)  # vLLM's "finish with error" set
+            return False
+        self._count_running(scheduler.running)
+        if r.key in self._used and not self._holding:
+            return True
+        if self._holding or sum(self._used.values()) + r.slots > self.max_slots:
+            self._holding = True
+            self.waits += 1
+            return False
+        return True
+
+    def _loadable(self, r: ResolvedSteering, request_id: str) -> bool:
+        try:
+            for c in r.components:
+                self.blobs.get(c.content_hash, c.blob, c.source)
+        except VectorFileError as exc:
+            self.failed += 1
+            logger.error("request %s fails: steering vector cannot be loaded: %s", request_id, exc)
+            return False
+        return True

@@ -13,6 +13,7 @@ from collections import OrderedDict
 
 import torch
 
+from cast_vllm.engine.resolved import ResolvedSteering
 from cast_vllm.engine.slot_table import SlotTable
 from cast_vllm.store import BlobCache
 
@@ -36,14 +37,19 @@ class SlotManager:
     def begin_step(self) -> None:
         self._pinned.clear()
 
-    def slot_for(self, resolved: dict, active: tuple[int, ...]) -> int:
-        key = (resolved["key"], active)
+    def slot_for(self, resolved: ResolvedSteering, active: tuple[int, ...]) -> int:
+        """The row holding ``resolved`` restricted to components ``active``; loads it if needed.
+
+        Raises ``VectorFileError`` when a vector can be neither loaded nor rebuilt (the caller
+        leaves that request's tokens unsteered rather than stopping the engine).
+        """
+        key = (resolved.key, active)
         slot = self._slots.get(key)
         if slot is not None:
             self._slots.move_to_end(key)
         else:
-            slot = self._take_slot()
             rows, modes = self._rows(resolved, active)
+            slot = self._take_slot()
             self.table.write_slot(slot, rows, modes)
             self._slots[key] = slot
             self.loads += 1
@@ -62,14 +68,14 @@ class SlotManager:
             f"all {self.table.num_slots} steering slots are used by this step's tokens; the scheduler "
             "hook should have held requests back (raise max_steering_vectors)")
 
-    def _rows(self, resolved: dict, active: tuple[int, ...]):
+    def _rows(self, resolved: ResolvedSteering, active: tuple[int, ...]):
         rows: dict[int, torch.Tensor] = {}
         modes: dict[int, str] = {}
         for index in active:
-            comp = resolved["components"][index]
-            vec = self.blobs.get(comp["hash"], comp["blob"])
-            for layer in comp["layers"]:
-                delta = comp["scale"] * vec.directions[layer]
+            comp = resolved.components[index]
+            vec = self.blobs.get(comp.content_hash, comp.blob, comp.source)
+            for layer in comp.layers:
+                delta = comp.scale * vec.directions[layer]
                 rows[layer] = rows[layer] + delta if layer in rows else delta
-                modes[layer] = comp["mode"]
+                modes[layer] = comp.mode
         return rows, modes

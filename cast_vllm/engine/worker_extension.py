@@ -11,4 +11,4 @@ class SteeringWorkerExtension:
             return {}
         m = state.manager
         return {"slots": state.table.num_slots, "slots_in_use": m.slots_in_use, "loads": m.loads,
-                "evictions": m.evictions}
+                "evictions": m.evictions, "unloadable": state.indexer.unloadable}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cast_vllm.store import VectorStore
+from cast_vllm.store import SUFFIXES, VectorStore
 from cast_vllm.vectors import VectorFileError, check_vector_name
 
 
@@ -42,20 +42,12 @@ class ServingVectorStore(VectorStore):
         except VectorFileError:
             return None
 
+    def uploaded_names(self) -> set[str]:
+        """Names with a file in the upload directory (what ``--max-uploaded-vectors`` counts)."""
+        return {p.stem for suffix in SUFFIXES for p in self.upload_dir.glob(f"*{suffix}") if p.is_file()}
+
     def source_of(self, path: Path) -> str:
         return "upload" if path.parent == self.upload_dir else "vector_dir"
-
-    def is_loaded(self, path: Path) -> bool:
-        """Validated and cached (what admission will use without reading the file again)."""
-        with self._lock:
-            hit = self._cache.get(path)
-        if hit is None:
-            return False
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            return False
-        return hit[0] == (st.st_mtime_ns, st.st_size)
 
     def unhide(self, name: str) -> None:
         self.hidden.discard(name)
