@@ -8,7 +8,9 @@ HF ``output_hidden_states[i + 1]``. llama.cpp numbers control-vector tensors fro
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import struct
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping
@@ -16,8 +18,23 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from cast_vllm.atomic import atomic_write, atomic_write_bytes
+
 FORMAT = "cast-vllm/1"
-NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+#: vector names (DESIGN.md): plain ASCII file stems, matched whole (``$`` let "name\n" through)
+NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+#: longest vector name; longer ones are refused before they reach the filesystem (ENAMETOOLONG)
+MAX_VECTOR_NAME_LENGTH = 128
+#: most layers a vector may hold; layer indices are below it too (no model comes close)
+MAX_LAYERS = 1024
+#: the ``__metadata__`` block of a file: UTF-8 bytes of all keys and values together
+MAX_METADATA_BYTES = 64 << 10
+#: a safetensors header (its JSON) as a whole
+MAX_HEADER_BYTES = 1 << 20
+#: tensor dtypes a vector file may use, by safetensors name; all become float32 on load
+FILE_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+_LAYER_KEY_RE = re.compile(r"layer\.(0|[1-9][0-9]*)")
+_GGUF_KEY_RE = re.compile(r"direction\.(0|[1-9][0-9]*)")
 
 
 class VectorFileError(ValueError):
@@ -25,12 +42,67 @@ class VectorFileError(ValueError):
 
 
 def check_vector_name(name: str) -> str:
-    """Vector names are plain file stems, never paths."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or name in {".", ".."}:
+    """Vector names are plain file stems, never paths, and short enough for any filesystem."""
+    if isinstance(name, str) and len(name) > MAX_VECTOR_NAME_LENGTH:
+        raise VectorFileError(f"invalid vector name {name[:40]!r}...: {len(name)} characters, the limit is "
+                              f"{MAX_VECTOR_NAME_LENGTH}")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in {".", ".."}:
         raise VectorFileError(
             f"invalid vector name {name!r}: use letters, digits, '.', '_' or '-' (no paths)"
         )
     return name
+
+
+def check_metadata(metadata: Mapping, where: str = "vector") -> dict[str, str]:
+    """Metadata is a flat str -> str map of at most MAX_METADATA_BYTES (UTF-8, keys and values)."""
+    if not isinstance(metadata, Mapping):
+        raise VectorFileError(f"{where}: metadata must be a JSON object of strings, got {type(metadata).__name__}")
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise VectorFileError(f"{where}: metadata values must be strings; {key!r} is {type(value).__name__}")
+    size = sum(len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass"))
+               for k, v in metadata.items())
+    if size > MAX_METADATA_BYTES:
+        raise VectorFileError(f"{where}: metadata is {size} bytes, the limit is {MAX_METADATA_BYTES}")
+    return dict(metadata)
+
+
+def _index_from_key(key: str, pattern: re.Pattern, where: str, expected: str, limit: int) -> int:
+    """The number in a canonical tensor name (ASCII digits, no leading zeros), below ``limit``."""
+    m = pattern.fullmatch(key) if isinstance(key, str) else None
+    if not m:
+        raise VectorFileError(f"{where} has tensor {key!r}; expected only {expected} tensors "
+                              "(ASCII digits, no leading zeros)")
+    digits = m.group(1)
+    if len(digits) > len(str(limit)) or int(digits) >= limit:   # length first: int() of 5000 digits raises
+        raise VectorFileError(f"{where} tensor {key!r}: layer number out of range (at most {limit - 1})")
+    return int(digits)
+
+
+def _check_layer(layer) -> int:
+    if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool) or int(layer) < 0:
+        raise VectorFileError(f"layer index {layer!r} must be a non-negative int")
+    if int(layer) >= MAX_LAYERS:
+        raise VectorFileError(f"layer index {int(layer)} is out of range: at most {MAX_LAYERS - 1}")
+    return int(layer)
+
+
+def _as_direction(layer: int, t) -> torch.Tensor:
+    """One layer's direction: a non-empty 1-D float tensor, stored float32 on the CPU, finite."""
+    try:
+        t = torch.as_tensor(t)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise VectorFileError(f"layer {layer} is not a tensor: {exc}") from None
+    if t.dtype not in FILE_DTYPES.values():
+        raise VectorFileError(f"layer {layer} has dtype {t.dtype}; expected float16, bfloat16, float32 or float64")
+    if t.dim() != 1:
+        raise VectorFileError(f"layer {layer} has shape {list(t.shape)}; expected one dimension [hidden]")
+    if t.numel() == 0:
+        raise VectorFileError(f"layer {layer} is empty (shape [0])")
+    t = t.detach().to("cpu", torch.float32).contiguous()
+    if not torch.isfinite(t).all():
+        raise VectorFileError(f"layer {layer} contains NaN or Inf (in float32)")
+    return t
 
 
 class SteeringVector:
@@ -39,19 +111,16 @@ class SteeringVector:
     def __init__(self, directions: Mapping[int, torch.Tensor | np.ndarray], metadata: Mapping[str, str] | None = None):
         if not directions:
             raise VectorFileError("a steering vector needs at least one layer")
+        if len(directions) > MAX_LAYERS:
+            raise VectorFileError(f"{len(directions)} layers, the limit is {MAX_LAYERS}")
+        checked = [(_check_layer(layer), t) for layer, t in directions.items()]
         dirs: dict[int, torch.Tensor] = {}
-        hidden = None
-        for layer, t in sorted(directions.items()):
-            if not isinstance(layer, (int, np.integer)) or int(layer) < 0:
-                raise VectorFileError(f"layer index {layer!r} must be a non-negative int")
-            t = torch.as_tensor(t).detach().to("cpu", torch.float32).reshape(-1).contiguous()
-            if hidden is None:
-                hidden = t.numel()
-            elif t.numel() != hidden:
-                raise VectorFileError(f"layer {layer} has size {t.numel()}, other layers have {hidden}")
-            if not torch.isfinite(t).all():
-                raise VectorFileError(f"layer {layer} contains NaN or Inf")
-            dirs[int(layer)] = t
+        for layer, t in sorted(checked, key=lambda lt: lt[0]):
+            t = _as_direction(layer, t)
+            if dirs and t.numel() != next(iter(dirs.values())).numel():
+                raise VectorFileError(f"layer {layer} has size {t.numel()}, other layers have "
+                                      f"{next(iter(dirs.values())).numel()}")
+            dirs[layer] = t
         self.directions: dict[int, torch.Tensor] = dirs
         self.metadata: dict[str, str] = {str(k): str(v) for k, v in (metadata or {}).items()}
 
@@ -83,13 +152,8 @@ class SteeringVector:
             )
 
     # ---- safetensors -------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
-        """Write ``.safetensors`` (DESIGN.md format) or, for a ``.gguf`` suffix, a GGUF control vector."""
-        path = Path(path)
-        if path.suffix == ".gguf":
-            return self.save_gguf(path)
-        from safetensors.torch import save_file
-
+    def _file_metadata(self) -> dict[str, str]:
+        """The metadata a saved file carries: ours plus the DESIGN.md keys."""
         meta = {
             "format": FORMAT,
             "hidden_size": str(self.hidden_size),
@@ -98,11 +162,18 @@ class SteeringVector:
             "method": self.metadata.get("method", "unknown"),
             "created": self.metadata.get("created", datetime.now(timezone.utc).isoformat(timespec="seconds")),
         }
-        meta = {**self.metadata, **meta}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({f"layer.{i}": t for i, t in self.directions.items()}, str(tmp), metadata=meta)
-        tmp.replace(path)
+        return {**self.metadata, **meta}
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``.safetensors`` (DESIGN.md format) or, for a ``.gguf`` suffix, a GGUF control
+        vector; atomically, so concurrent writers and readers of one path never see a torn file."""
+        path = Path(path)
+        if path.suffix == ".gguf":
+            return self.save_gguf(path)
+        from safetensors.torch import save as st_save
+
+        meta = check_metadata(self._file_metadata(), where=str(path))   # refuse what load would refuse
+        atomic_write_bytes(path, st_save({f"layer.{i}": t for i, t in self.directions.items()}, metadata=meta))
         self.metadata = meta
         return path
 
@@ -117,58 +188,53 @@ class SteeringVector:
 
     @classmethod
     def from_safetensors_bytes(cls, data: bytes, where: str = "upload") -> "SteeringVector":
-        """Parse safetensors bytes (never pickle); refuses anything but ``layer.<i>`` float tensors."""
-        from safetensors import safe_open  # noqa: F401  (ensures the package is present)
+        """Parse safetensors bytes (never pickle). We check the header before the library reads
+        the data, so any malformed input ends as a VectorFileError that names the problem."""
         from safetensors.torch import load as st_load
-        import json
-        import struct
 
-        if len(data) < 8:
-            raise VectorFileError(f"{where} is not a safetensors file (too short)")
-        (header_len,) = struct.unpack("<Q", data[:8])
-        if header_len > len(data) - 8 or header_len > 100_000_000:
-            raise VectorFileError(f"{where} is not a safetensors file (bad header length)")
-        try:
-            header = json.loads(data[8 : 8 + header_len])
-            tensors = st_load(data)
-        except Exception as exc:
-            raise VectorFileError(f"{where} is not a valid safetensors file: {exc}") from exc
-        metadata = header.get("__metadata__") or {}
+        header = _read_header(data, where)
+        meta = header.pop("__metadata__", None)
+        metadata = check_metadata({} if meta is None else meta, where)
         fmt = metadata.get("format")
         if fmt is not None and fmt != FORMAT:
             raise VectorFileError(f"{where} has format {fmt!r}, expected {FORMAT!r}")
-        directions = {}
-        for key, t in tensors.items():
-            m = re.fullmatch(r"layer\.(\d+)", key)
-            if not m:
-                raise VectorFileError(f"{where} has tensor {key!r}; expected only 'layer.<i>' tensors")
-            if not t.is_floating_point():
-                raise VectorFileError(f"{where} tensor {key} has dtype {t.dtype}, expected float")
-            directions[int(m.group(1))] = t
+        layers = _check_entries(header, where)
         try:
-            return cls(directions, metadata)
+            tensors = st_load(bytes(data))
+        except Exception as exc:   # the library's own SafetensorError and friends: offsets, sizes
+            raise VectorFileError(f"{where} is not a valid safetensors file: {exc}") from exc
+        if set(tensors) != set(layers):
+            raise VectorFileError(f"{where}: the library read tensors {sorted(tensors)}, the header names "
+                                  f"{sorted(layers)}")
+        try:
+            return cls({layers[key]: t for key, t in tensors.items()}, metadata)
         except VectorFileError as exc:
             raise VectorFileError(f"{where}: {exc}") from None
 
     # ---- GGUF control vectors ---------------------------------------------------------
     def save_gguf(self, path: str | Path, arch: str | None = None) -> Path:
-        """llama.cpp / repeng control vector: F32 tensors ``direction.<layer + 1>``."""
-        import gguf
-
+        """llama.cpp / repeng control vector: F32 tensors ``direction.<layer + 1>``; atomic like ``save``."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        writer = gguf.GGUFWriter(str(path), "controlvector")
-        writer.add_string("controlvector.model_hint", arch or self.metadata.get("model_type", "llama"))
-        writer.add_uint32("controlvector.layer_count", len(self.directions))
-        for key, value in self.metadata.items():
-            writer.add_string(f"cast_vllm.{key}", value)
-        for layer, t in self.directions.items():
-            writer.add_tensor(f"direction.{layer + 1}", t.numpy().astype(np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        return path
+        meta = check_metadata(self.metadata, where=str(path))
+
+        def write(tmp: Path) -> None:
+            import gguf
+
+            writer = gguf.GGUFWriter(str(tmp), "controlvector")
+            try:
+                writer.add_string("controlvector.model_hint", arch or meta.get("model_type", "llama"))
+                writer.add_uint32("controlvector.layer_count", len(self.directions))
+                for key, value in meta.items():
+                    writer.add_string(f"cast_vllm.{key}", value)
+                for layer, t in self.directions.items():
+                    writer.add_tensor(f"direction.{layer + 1}", t.numpy().astype(np.float32))
+                writer.write_header_to_file()
+                writer.write_kv_data_to_file()
+                writer.write_tensors_to_file()
+            finally:
+                writer.close()
+
+        return atomic_write(path, write)
 
     @classmethod
     def load_gguf(cls, path: str | Path) -> "SteeringVector":
@@ -180,26 +246,97 @@ class SteeringVector:
             raise VectorFileError(f"{path} is not a readable GGUF file: {exc}") from exc
         directions = {}
         for tensor in reader.tensors:
-            m = re.fullmatch(r"direction\.(\d+)", tensor.name)
-            if not m:
+            if not tensor.name.startswith("direction."):
                 continue
-            n = int(m.group(1))
+            n = _index_from_key(tensor.name, _GGUF_KEY_RE, str(path), "'direction.<n>'", MAX_LAYERS + 1)
             if n < 1:
                 raise VectorFileError(f"{path}: {tensor.name} is not a valid llama.cpp layer (they start at 1)")
             if tensor.tensor_type != gguf.GGMLQuantizationType.F32:
                 raise VectorFileError(f"{path}: {tensor.name} is {tensor.tensor_type.name}, expected F32")
-            directions[n - 1] = torch.from_numpy(np.array(tensor.data, dtype=np.float32).reshape(-1))
+            data = np.array(tensor.data, dtype=np.float32)
+            if data.ndim != 1:
+                raise VectorFileError(f"{path}: {tensor.name} has shape {list(data.shape)}; expected [hidden]")
+            directions[n - 1] = torch.from_numpy(data)
         if not directions:
             raise VectorFileError(f"{path} holds no 'direction.<n>' tensors: not a control vector")
         metadata = {"format": FORMAT, "method": "gguf-import", "source_file": Path(path).name}
-        for field in reader.fields.values():
-            if field.name.startswith("cast_vllm."):
-                metadata[field.name[len("cast_vllm."):]] = bytes(field.parts[field.data[0]]).decode()
+        metadata.update(_gguf_metadata(reader, gguf, path))
         try:
-            return cls(directions, metadata)
+            return cls(directions, check_metadata(metadata, str(path)))
         except VectorFileError as exc:
             raise VectorFileError(f"{path}: {exc}") from None
 
     def __repr__(self) -> str:
         return f"SteeringVector(layers={self.layers}, hidden_size={self.hidden_size})"
 
+
+def _read_header(data: bytes, where: str) -> dict:
+    """The JSON header of safetensors bytes, bounded by MAX_HEADER_BYTES; duplicate keys refused
+    (json keeps the last one, the library might not: two readers must never disagree)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise VectorFileError(f"{where}: expected bytes, got {type(data).__name__}")
+    if len(data) < 8:
+        raise VectorFileError(f"{where} is not a safetensors file (too short)")
+    (header_len,) = struct.unpack("<Q", bytes(data[:8]))
+    if header_len > MAX_HEADER_BYTES:
+        raise VectorFileError(f"{where} is not a safetensors file we accept: its header is {header_len} bytes, "
+                              f"the limit is {MAX_HEADER_BYTES}")
+    if header_len > len(data) - 8:
+        raise VectorFileError(f"{where} is not a safetensors file (bad header length)")
+    try:
+        text = bytes(data[8:8 + header_len]).decode("utf-8")
+        header = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:   # JSON, UTF-8, int-size errors and our duplicates
+        raise VectorFileError(f"{where}: the safetensors header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise VectorFileError(f"{where}: the safetensors header must be a JSON object")
+    return header
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"key {dup!r} appears twice")
+    return dict(pairs)
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_entries(header: dict, where: str) -> dict[str, int]:
+    """Tensor entries (``__metadata__`` already removed): count, canonical keys, dtype, 1-D
+    shape; returns key -> layer."""
+    if not header:
+        raise VectorFileError(f"{where} holds no tensors; a steering vector needs at least one layer")
+    if len(header) > MAX_LAYERS:
+        raise VectorFileError(f"{where} holds {len(header)} tensors, the limit is {MAX_LAYERS}")
+    layers = {}
+    for key, entry in header.items():
+        layers[key] = _index_from_key(key, _LAYER_KEY_RE, where, "'layer.<i>'", MAX_LAYERS)
+        if not isinstance(entry, dict):
+            raise VectorFileError(f"{where} tensor {key!r}: malformed header entry {entry!r:.60}")
+        dtype, shape = entry.get("dtype"), entry.get("shape")
+        if not isinstance(dtype, str) or dtype not in FILE_DTYPES:
+            raise VectorFileError(f"{where} tensor {key!r} has dtype {dtype!r}; expected one of "
+                                  f"{', '.join(FILE_DTYPES)}")
+        if not (isinstance(shape, list) and len(shape) == 1 and type(shape[0]) is int and shape[0] > 0):
+            raise VectorFileError(f"{where} tensor {key!r} has shape {shape!r:.60}; expected [hidden]: "
+                                  "one dimension, not empty")
+    return layers
+
+
+def _gguf_metadata(reader, gguf, path) -> dict[str, str]:
+    """Our ``cast_vllm.*`` string fields back into metadata."""
+    out = {}
+    for field in reader.fields.values():
+        if not field.name.startswith("cast_vllm."):
+            continue
+        if field.types != [gguf.GGUFValueType.STRING]:
+            raise VectorFileError(f"{path}: metadata field {field.name} is not a string")
+        try:
+            out[field.name[len("cast_vllm."):]] = bytes(field.parts[field.data[0]]).decode()
+        except UnicodeDecodeError as exc:
+            raise VectorFileError(f"{path}: metadata field {field.name} is not UTF-8: {exc}") from None
+    return out

@@ -1,11 +1,15 @@
 """Vector files: safetensors and GGUF round trips, metadata, refusals; the vector store."""
 
+import multiprocessing
+import os
+import threading
+
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from cast_vllm.store import BlobCache, VectorStore
-from cast_vllm.vectors import FORMAT, SteeringVector, VectorFileError
+from cast_vllm.vectors import FORMAT, MAX_VECTOR_NAME_LENGTH, SteeringVector, VectorFileError, check_vector_name
 
 
 def vec(layers=(0, 3), hidden=16, seed=0):
@@ -78,3 +82,97 @@ def test_store(tmp_path):
     assert cache.get(a.content_hash, str(a.blob)).content_hash() == a.content_hash
     with pytest.raises(VectorFileError, match="does not match"):
         cache.get("0" * 64, str(a.blob))
+
+
+def test_vector_names_are_plain_ascii_stems_of_bounded_length():
+    assert check_vector_name("tweets-from_movies.v2") == "tweets-from_movies.v2"
+    assert check_vector_name("a" * MAX_VECTOR_NAME_LENGTH)
+    for bad in ("good\n", "good\r", "\ngood", "a/b", "..", ".", "", "caf\u00e9", "\u0663", "a b", "a\x00"):
+        with pytest.raises(VectorFileError, match="invalid vector name"):
+            check_vector_name(bad)
+    with pytest.raises(VectorFileError, match=f"limit is {MAX_VECTOR_NAME_LENGTH}"):
+        check_vector_name("a" * (MAX_VECTOR_NAME_LENGTH + 1))
+    with pytest.raises(VectorFileError, match=f"limit is {MAX_VECTOR_NAME_LENGTH}"):
+        check_vector_name("a" * 300)                   # used to reach the filesystem: ENAMETOOLONG
+
+
+def test_long_names_are_refused_by_the_store_before_the_filesystem(tmp_path):
+    store = VectorStore([tmp_path], blob_dir=tmp_path / "blobs")
+    with pytest.raises(VectorFileError, match="limit is"):
+        store.register("a" * 300, vec())
+    with pytest.raises(VectorFileError, match="limit is"):
+        store.get("a" * 300)
+
+
+def test_constructor_takes_only_one_dimensional_float_tensors():
+    for bad, match in ((torch.ones(1, 16), r"shape \[1, 16\]"), (torch.ones(2, 8), r"shape \[2, 8\]"),
+                       (torch.tensor(1.0), r"shape \[\]"), (torch.ones(0), "empty"),
+                       (torch.arange(16), "dtype torch.int64"), (torch.ones(16, dtype=torch.complex64), "dtype")):
+        with pytest.raises(VectorFileError, match=match):
+            SteeringVector({0: bad})
+    with pytest.raises(VectorFileError, match="Inf"):
+        SteeringVector({0: torch.tensor([1e300, 1.0], dtype=torch.float64)})   # overflows float32
+    with pytest.raises(VectorFileError, match="non-negative int"):
+        SteeringVector({True: torch.ones(4)})
+    with pytest.raises(VectorFileError, match="layer index 1024"):
+        SteeringVector({1024: torch.ones(4)})
+    v = SteeringVector({1: torch.ones(4, dtype=torch.bfloat16), 0: torch.ones(4, dtype=torch.float64)})
+    assert v.layers == [0, 1] and all(t.dtype == torch.float32 and t.shape == (4,) for t in v.directions.values())
+
+
+def _save_repeatedly(path: str, seed: int, times: int) -> None:
+    """Child process body (spawned): the same content-addressed blob, over and over."""
+    v = vec(seed=seed)
+    for _ in range(times):
+        v.save(path)
+        assert SteeringVector.load(path).content_hash() == v.content_hash()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".gguf"])
+def test_concurrent_saves_of_one_path_never_corrupt_it(tmp_path, suffix):
+    """Two processes and eight threads save one path; each reader sees a whole file, no temp file
+    stays behind (a fixed ``<path>.tmp`` made writers clobber and unlink each other's file)."""
+    path = tmp_path / f"blob{suffix}"
+    expected = vec(seed=5).content_hash()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_save_repeatedly, args=(str(path), 5, 15)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    errors = []
+
+    def worker():
+        try:
+            _save_repeatedly(str(path), 5, 15)
+        except Exception as exc:   # collected: a thread's exception would otherwise vanish
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for p in procs:
+        p.join(120)
+    assert errors == [] and [p.exitcode for p in procs] == [0, 0]
+    assert SteeringVector.load(path).content_hash() == expected
+    assert os.listdir(tmp_path) == [path.name]
+    (tmp_path / "ref").touch()
+    assert path.stat().st_mode & 0o777 == (tmp_path / "ref").stat().st_mode & 0o777   # open()'s mode, not 0600
+
+
+def test_failed_save_leaves_no_temp_file(tmp_path):
+    for name in ("a.safetensors", "a.gguf"):
+        (tmp_path / name).mkdir()                      # the final rename fails after the data is written
+        with pytest.raises(OSError):
+            vec().save(tmp_path / name)
+    assert sorted(os.listdir(tmp_path)) == ["a.gguf", "a.safetensors"]
+
+
+def test_oversized_metadata_is_refused_at_save_not_at_load(tmp_path):
+    v = vec()
+    v.metadata["huge"] = "x" * (1 << 20)
+    with pytest.raises(VectorFileError, match="metadata .* limit is 65536"):
+        v.save(tmp_path / "a.safetensors")
+    with pytest.raises(VectorFileError, match="metadata .* limit is 65536"):
+        v.save_gguf(tmp_path / "a.gguf")
+    assert os.listdir(tmp_path) == []
