@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cast_vllm.method.activations import ReaderConfig, encode_prompts, load_tokenizer
-from cast_vllm.method.distributed import ActivationPool, ShardCheckpoint, model_fingerprint
+from cast_vllm.method.distributed import CHECKPOINT_MARKER, ActivationPool, ShardCheckpoint, model_fingerprint
 
 ray = pytest.importorskip("ray")
 
@@ -119,6 +119,66 @@ def test_checkpoint_keys_depend_on_inputs(setup, tmp_path):
     assert a.path(ids[:5]) != b.path(ids[:5]) != a.path(ids[5:10])
     a.save(ids[:5], np.zeros((5, 3, 64), np.float32))
     assert a.load(ids[:5]) is not None and b.load(ids[:5]) is None and a.load(ids[:4]) is None
+
+
+def test_unreadable_checkpoints_are_recomputed(setup, tmp_path, caplog):
+    """An empty file (disk full), a cut one (killed mid-write by an older version) and garbage
+    are warned about and recomputed; they used to raise EOFError and break every resume."""
+    config, ids, reference = setup
+    with ActivationPool(config, 1, shard_size=5, checkpoint_dir=tmp_path) as pool:
+        clean = pool.read(ids)
+    ckpt = ShardCheckpoint(tmp_path, model_fingerprint(config))
+    empty, cut, header_only, garbage = (ckpt.path(ids[i:i + 5]) for i in (0, 10, 20, 30))
+    empty.write_bytes(b"")
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    header_only.write_bytes(header_only.read_bytes()[:20])
+    garbage.write_bytes(b"PK\x03\x04 not a zip either")
+    with caplog.at_level("WARNING", logger="cast_vllm.method.distributed"):
+        with ActivationPool(config, 1, shard_size=5, checkpoint_dir=tmp_path) as pool:
+            again = pool.read(ids)
+            assert pool.stats == {"shards_computed": 4, "shards_resumed": 4, "workers_replaced": 0}
+    np.testing.assert_array_equal(again, clean)
+    np.testing.assert_allclose(again, reference, rtol=1e-6, atol=1e-6)
+    assert sum("recomputing" in r.getMessage() for r in caplog.records) == 4
+    for p in (empty, cut, header_only, garbage):
+        assert np.load(p).shape == (5, 3, 64)          # rewritten whole
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_checkpoint_removes_only_its_own_files(setup, tmp_path):
+    config, ids, _ = setup
+    fp, arr = model_fingerprint(config), np.zeros((5, 3, 64), np.float32)
+    made = tmp_path / "made"                           # created here: gone entirely afterwards
+    a = ShardCheckpoint(made, fp)
+    a.save(ids[:5], arr)
+    assert (made / CHECKPOINT_MARKER).is_file()
+    a.remove_own()
+    assert not made.exists()
+    theirs = tmp_path / "theirs"                       # the user's folder: only our shard goes
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep me")
+    (theirs / "shard-0000.npy").write_bytes(b"another run's shard")
+    b = ShardCheckpoint(theirs, fp)
+    b.save(ids[:5], arr)
+    b.remove_own()
+    assert sorted(os.listdir(theirs)) == ["notes.txt", "shard-0000.npy"]
+    empty = tmp_path / "empty"                         # the user's empty folder stays
+    empty.mkdir()
+    c = ShardCheckpoint(empty, fp)
+    c.save(ids[:5], arr)
+    c.remove_own()
+    assert empty.is_dir() and os.listdir(empty) == []
+    ShardCheckpoint(made, fp).save(ids[:5], arr)       # an interrupted run made it ...
+    resumed = ShardCheckpoint(made, fp)                # ... the rerun that finishes removes it,
+    assert resumed.load(ids[:5]) is not None and resumed.load(ids[5:10]) is None
+    resumed.remove_own()
+    assert not made.exists()
+    ShardCheckpoint(made, fp).save(ids[:5], arr)
+    (made / "mine.txt").write_text("added by the user")
+    resumed = ShardCheckpoint(made, fp)                # ... unless something else was put there
+    resumed.load(ids[:5])
+    resumed.remove_own()
+    assert sorted(os.listdir(made)) == [CHECKPOINT_MARKER, "mine.txt"]
 
 
 def test_extract_on_two_workers_equals_one(ray_pool, tiny_model_dir, shared_data):

@@ -168,6 +168,32 @@ def test_cli_extract_report_resume(tiny, movies, shared_data, tmp_path, capsys, 
     assert "--out must end in .safetensors or .gguf" in capsys.readouterr().err
 
 
+def test_cli_extract_keeps_a_foreign_checkpoint_dir_and_recomputes_broken_shards(tiny, movies, tmp_path, caplog):
+    """--checkpoint-dir may be a folder of the user's: only our shards are removed at the end
+    (the whole folder used to be). Empty and cut shards are recomputed: same vector."""
+    from cast_vllm.cli import main
+
+    ckpt = tmp_path / "work"
+    ckpt.mkdir()
+    (ckpt / "notes.txt").write_text("the user's")
+    out = tmp_path / "v.safetensors"
+    args = ["extract", "--model", tiny, "--source", movies, "--task", "sentiment", "--out", str(out),
+            "--layers", "2", "--num-selected", "4", "--num-demos", "1", "--pool-size", "12", "--backend", "hf",
+            "--shard-size", "4", "--checkpoint-dir", str(ckpt)]
+    assert main(args + ["--keep-checkpoints"]) == 0
+    clean = SteeringVector.load(out).content_hash()
+    shards = sorted(ckpt.glob("shard-*.npy"))
+    assert len(shards) >= 3
+    shards[0].write_bytes(b"")
+    shards[1].write_bytes(shards[1].read_bytes()[:-7])
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main(args) == 0
+    assert any("2 computed" in r.getMessage() for r in caplog.records)
+    assert SteeringVector.load(out).content_hash() == clean
+    assert sorted(p.name for p in ckpt.iterdir()) == ["notes.txt"]
+
+
 @pytest.mark.slow
 def test_default_model_on_movies(movies, tmp_path):
     """Integration: SmolLM2-135M through the vLLM probe on the real movie snippets."""

@@ -1,13 +1,13 @@
 """`cast-vllm extract`: build a CAST steering vector from a source task.
 
-Finished activation shards are kept in ``<out>.ckpt/`` until the vector is written, so an
-interrupted run picks up where it stopped when started again with the same arguments.
+Finished activation shards are kept in ``<out>.ckpt/`` (or ``--checkpoint-dir``) until the
+vector is written, so an interrupted run picks up where it stopped when started again with the
+same arguments. On success only this run's shard files are removed, never other files there.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -115,8 +115,8 @@ def run(args) -> int:
         if ckpt.is_dir():
             print(f"cast-vllm extract: finished shards kept in {ckpt}; run again to resume", file=sys.stderr)
         return 1
-    if ckpt.is_dir() and not args.keep_checkpoints:
-        shutil.rmtree(ckpt, ignore_errors=True)
+    if result.checkpoint is not None and not args.keep_checkpoints:
+        result.checkpoint.remove_own()
     stats = result.stats
     logger.info("shards: %d computed, %d resumed from checkpoint, %d workers replaced",
                 stats.get("shards_computed", 0), stats.get("shards_resumed", 0), stats.get("workers_replaced", 0))

@@ -35,7 +35,7 @@ import torch
 from cast_vllm.method.activations import (
     ReaderConfig, encode_prompts, load_tokenizer, model_info, parse_layers, resolve_model,
 )
-from cast_vllm.method.distributed import ActivationPool
+from cast_vllm.method.distributed import ActivationPool, ShardCheckpoint
 from cast_vllm.method.selection import SELECTION_RULES, SelectionError, select_samples
 from cast_vllm.method.tasks import TaskItem, TaskSpec, build_prompt, load_task, load_task_spec
 from cast_vllm.vectors import SteeringVector
@@ -132,6 +132,7 @@ class ExtractionResult:
     weights: dict[str, list[float]] = field(default_factory=dict)   # source name -> per-layer weight
     stats: dict[str, Any] = field(default_factory=dict)
     compared: list[SourceResult] = field(default_factory=list)      # not in the vector
+    checkpoint: ShardCheckpoint | None = None                         # the pool's, for clean-up
 
 
 # ---- pure pieces (reused by the evaluation harness) ----------------------------------------
@@ -302,7 +303,7 @@ def extract(options: ExtractOptions, progress=None, pool: ActivationPool | None 
     vector = SteeringVector({layer: torch.from_numpy(np.asarray(d, np.float32)) for layer, d in directions.items()},
                             meta)
     return ExtractionResult(vector, layers, results, {n: w.tolist() for n, w in weights.items()},
-                            dict(pool_runner.stats), compared)
+                            dict(pool_runner.stats), compared, pool_runner.checkpoint)
 
 
 def source_names(results: Sequence[SourceResult]) -> list[str]:
