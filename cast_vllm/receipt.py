@@ -44,8 +44,7 @@ class SteeringReceipt:
 
     def to_dict(self) -> dict:
         body = asdict(self)
-        for comp in body["components"]:
-            comp["layers"] = list(comp["layers"])
+        body["components"] = [{**comp, "layers": list(comp["layers"])} for comp in body["components"]]
         body["tokens_steered"] = list(self.tokens_steered)
         return body
 

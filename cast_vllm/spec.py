@@ -92,7 +92,7 @@ def parse_steering(extra_args: dict | None) -> list[SteeringComponent] | None:
         raise SteeringSpecError("steering list is empty")
     if len(items) > MAX_COMPONENTS:
         raise SteeringSpecError(f"steering combines {len(items)} vectors; the limit is {MAX_COMPONENTS}")
-    if flat and (len(items) != 1 or set(flat) & set(items[0])):
+    if flat and (len(items) != 1 or not isinstance(items[0], dict) or set(flat) & set(items[0])):
         raise SteeringSpecError(
             "flat steering_* fields apply to a single vector given by name; put them inside the JSON spec instead"
         )
