@@ -369,7 +369,7 @@ def test_bad_uploads_are_refused(server, client, model_name, refs, dirs, tmp_pat
         assert message in r.json()["error"]["message"], (name, r.text)
         good_request_succeeds(client, model_name, refs)
     r = http(server, "POST", "/v1/steering/vectors", params={"name": "m"}, files={"file": ("m.safetensors", good)})
-    assert r.status_code == 400 and "multipart" in r.json()["error"]["message"]
+    assert r.status_code == 415 and "multipart" in r.json()["error"]["message"]
     assert not marker.exists(), "an upload was unpickled"
     names = {v["name"] for v in http(server, "GET", "/v1/steering/vectors").json()["data"]}
     assert not names & {"p1", "p2", "p3", "p4", "p5", "p6", "p7", "big", "evil"}
@@ -392,7 +392,8 @@ def test_upload_list_use_delete(server, client, model_name, refs, dirs):
     assert r.status_code == 201, r.text
     assert r.json()["loaded"] is True and r.json()["source"] == "upload" and r.json()["layers"] == [0, 1, 2, 3]
     assert http(server, "GET", "/v1/steering/vectors/up").json()["name"] == "up"
-    r = http(server, "POST", "/v1/steering/vectors", params={"name": "up"}, data=data)
+    r = http(server, "POST", "/v1/steering/vectors", params={"name": "up"}, data=data,
+             headers={"Content-Type": "application/octet-stream"})
     assert r.status_code == 409 and "already exists" in r.json()["error"]["message"]
 
     got = complete(client, model_name, COMPLETION_PROMPTS[0], UPLOAD_SPEC).choices[0].text

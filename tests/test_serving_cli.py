@@ -20,6 +20,13 @@ def test_cli_keeps_vllm_options_for_vllm():
     args, extra = build_parser(argv).parse_known_args(argv)
     assert (args.model, args.vector_dir, args.host, args.port) == ("m", "d", "127.0.0.1", 9001)
     assert extra == ["--api-key", "k", "--dtype", "float32"]
+    assert (args.max_uploaded_vectors, args.max_concurrent_uploads) == (256, 4)
+
+
+def test_cli_upload_limits():
+    argv = ["serve", "--max-uploaded-vectors", "9", "--max-concurrent-uploads", "2", "--max-upload-bytes", "100"]
+    args, extra = build_parser(argv).parse_known_args(argv)
+    assert (args.max_uploaded_vectors, args.max_concurrent_uploads, args.max_upload_bytes, extra) == (9, 2, 100, [])
 
 
 def test_defaults_loopback_wrapper_settings_and_cpu_kv_cache(tiny_model_dir, tmp_path, monkeypatch):
@@ -54,12 +61,53 @@ def test_vllm_options_pass_through_and_merge(tiny_model_dir, tmp_path):
     (["--headless"], {}, "one HTTP API server process"),
     ([], {"max_steering_vectors": 0}, "--max-steering-vectors must be >= 1"),
     ([], {"max_upload_bytes": 0}, "--max-upload-bytes must be >= 1"),
+    ([], {"max_uploaded_vectors": 0}, "--max-uploaded-vectors must be >= 1"),
+    ([], {"max_concurrent_uploads": -1}, "--max-concurrent-uploads must be >= 1"),
 ])
 def test_refused_options(tiny_model_dir, tmp_path, extra, kw, message):
     from cast_vllm.serving.server import ServeError, build_server_args
 
     with pytest.raises(ServeError, match=message):
         build_server_args(_options(tiny_model_dir("llama"), tmp_path, **kw), extra)
+
+
+EXPOSED = "WITHOUT an API key"
+
+
+@pytest.mark.parametrize("host,argv,warns", [
+    ("0.0.0.0", [], True),
+    ("192.0.2.7", [], True),
+    ("::", [], True),
+    ("myhost.example", [], True),
+    ("0.0.0.0", ["--api-key", "k"], False),
+    ("127.0.0.1", [], False),
+    ("::1", [], False),
+    ("localhost", [], False),
+])
+def test_exposed_bind_without_api_key_warns(tiny_model_dir, tmp_path, monkeypatch, caplog, host, argv, warns):
+    """Anyone who can reach the address may replace vectors: say so at start-up."""
+    import logging
+
+    from cast_vllm.serving.server import build_server_args
+
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    with caplog.at_level(logging.WARNING, logger="cast_vllm.serving.server"):
+        build_server_args(_options(tiny_model_dir("llama"), tmp_path, host=host), argv)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and EXPOSED in r.getMessage()]
+    assert bool(warnings) == warns, [r.getMessage() for r in caplog.records]
+    if warns:
+        assert host in warnings[0].getMessage()
+
+
+def test_vllm_api_key_env_counts_as_a_key(tiny_model_dir, tmp_path, monkeypatch, caplog):
+    import logging
+
+    from cast_vllm.serving.server import build_server_args
+
+    monkeypatch.setenv("VLLM_API_KEY", "from-env")
+    with caplog.at_level(logging.WARNING, logger="cast_vllm.serving.server"):
+        build_server_args(_options(tiny_model_dir("llama"), tmp_path, host="0.0.0.0"), [])
+    assert not [r for r in caplog.records if EXPOSED in r.getMessage()]
 
 
 def test_unsupported_architecture_is_named(tmp_path):

@@ -12,7 +12,8 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(p):
     from cast_vllm.engine.settings import DEFAULT_MAX_SCALE, DEFAULT_MAX_STEERING_VECTORS
-    from cast_vllm.serving.server import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_BYTES, DEFAULT_PORT
+    from cast_vllm.serving.server import (DEFAULT_HOST, DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_UPLOAD_BYTES,
+                                          DEFAULT_MAX_UPLOADED_VECTORS, DEFAULT_PORT)
 
     p.add_argument("--model", default=None,
                    help="model folder, hub id or embedded model name (default: smollm2-135m, prepared if needed)")
@@ -28,6 +29,10 @@ def add_arguments(p):
                    help="where uploaded vectors are kept (default: a private folder removed at exit)")
     p.add_argument("--max-upload-bytes", type=int, default=DEFAULT_MAX_UPLOAD_BYTES,
                    help="largest vector upload accepted, in bytes")
+    p.add_argument("--max-uploaded-vectors", type=int, default=DEFAULT_MAX_UPLOADED_VECTORS,
+                   help="uploaded vectors the server keeps at once (409 beyond: DELETE one first)")
+    p.add_argument("--max-concurrent-uploads", type=int, default=DEFAULT_MAX_CONCURRENT_UPLOADS,
+                   help="uploads read into memory at once (429 beyond)")
     p.epilog = "Any other option is passed to vLLM's OpenAI-compatible server (e.g. --api-key, --dtype)."
 
 
@@ -44,7 +49,8 @@ def run(args) -> int:
     options = ServeOptions(model=model, vector_dir=args.vector_dir or default_vector_dir(), host=args.host,
                            port=args.port, max_steering_vectors=args.max_steering_vectors,
                            max_steering_scale=args.max_steering_scale, upload_dir=args.upload_dir,
-                           max_upload_bytes=args.max_upload_bytes)
+                           max_upload_bytes=args.max_upload_bytes, max_uploaded_vectors=args.max_uploaded_vectors,
+                           max_concurrent_uploads=args.max_concurrent_uploads)
     try:
         return run_server(options, list(getattr(args, "extra", None) or []))
     except ServeError as exc:

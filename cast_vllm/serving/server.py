@@ -10,6 +10,7 @@ routes, middleware and metrics to the app before it starts.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import shutil
@@ -24,6 +25,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_BYTES = 16 << 20
 DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
+DEFAULT_MAX_UPLOADED_VECTORS = 256
+DEFAULT_MAX_CONCURRENT_UPLOADS = 4
 WORKER_EXTENSION = "cast_vllm.engine.worker_extension.SteeringWorkerExtension"
 
 
@@ -41,6 +44,8 @@ class ServeOptions:
     max_steering_scale: float = 1000.0
     upload_dir: str | None = None          # None: a private directory removed at exit
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_uploaded_vectors: int = DEFAULT_MAX_UPLOADED_VECTORS    # files kept in the upload directory
+    max_concurrent_uploads: int = DEFAULT_MAX_CONCURRENT_UPLOADS  # upload bodies in memory at once
 
 
 def build_server_args(options: ServeOptions, vllm_argv: list[str]) -> Namespace:
@@ -57,8 +62,11 @@ def build_server_args(options: ServeOptions, vllm_argv: list[str]) -> Namespace:
     register()
     if options.max_steering_vectors < 1:
         raise ServeError(f"--max-steering-vectors must be >= 1, got {options.max_steering_vectors}")
-    if options.max_upload_bytes < 1:
-        raise ServeError(f"--max-upload-bytes must be >= 1, got {options.max_upload_bytes}")
+    for flag, value in (("--max-upload-bytes", options.max_upload_bytes),
+                        ("--max-uploaded-vectors", options.max_uploaded_vectors),
+                        ("--max-concurrent-uploads", options.max_concurrent_uploads)):
+        if value < 1:
+            raise ServeError(f"{flag} must be >= 1, got {value}")
     parser = make_arg_parser(FlexibleArgumentParser(prog="cast-vllm serve"))
     args = parser.parse_args(["--model", options.model, "--host", options.host, "--port", str(options.port),
                               *vllm_argv])
@@ -91,7 +99,30 @@ def build_server_args(options: ServeOptions, vllm_argv: list[str]) -> Namespace:
             args.kv_cache_memory_bytes = DEFAULT_CPU_KV_CACHE_BYTES
     logger.info("serving %s as %s on %s:%s, vectors from %s (uploads into %s)", args.model, wrapper,
                 args.host, args.port, options.vector_dir, options.upload_dir)
+    warn_if_exposed(args)
     return args
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for an address only this machine can reach (no host: every interface, so False)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: assume it is reachable from elsewhere
+
+
+def warn_if_exposed(args: Namespace) -> None:
+    """A loud warning when other machines can reach a server that has no API key."""
+    if api_keys(args) or is_loopback(args.host):
+        return
+    logger.warning(
+        "!!! cast-vllm serve binds %s WITHOUT an API key: anyone who can reach this address can generate, "
+        "list, upload, replace and delete steering vectors. Pass --api-key KEY (or set VLLM_API_KEY), or bind "
+        "127.0.0.1. !!!", args.host or "every interface")
 
 
 def api_keys(args: Namespace) -> list[str]:
@@ -113,7 +144,7 @@ async def serve(args: Namespace, options: ServeOptions) -> None:
 
     from cast_vllm.serving.metrics import SteeringCollector
     from cast_vllm.serving.routes import attach
-    from cast_vllm.serving.service import SteeringService
+    from cast_vllm.serving.service import SteeringService, UploadLimits
     from cast_vllm.serving.store import ServingVectorStore
 
     store = ServingVectorStore(options.upload_dir, options.vector_dir)
@@ -121,7 +152,8 @@ async def serve(args: Namespace, options: ServeOptions) -> None:
     collector = None
     try:
         async with build_async_engine_client(args) as engine_client:
-            service = SteeringService(engine_client, store, options.max_upload_bytes)
+            service = SteeringService(engine_client, store, UploadLimits(
+                options.max_upload_bytes, options.max_uploaded_vectors, options.max_concurrent_uploads))
             service.install()
             collector = SteeringCollector(service)
             prometheus_client.REGISTRY.register(collector)

@@ -6,26 +6,41 @@ only once the response generator is iterated, which for ``stream=true`` is after
 header has gone out, and it reports any failure there as a 500 ``EngineGenerateError``. The
 wrapper validates the steering spec when the serving layer *creates* the generator, so a bad
 spec is an HTTP 400 with the admission message on every endpoint, streaming or not. It also
-knows when each request ends, which is what ``DELETE`` and the in-flight gauges need.
+knows when each request ends, which is what ``DELETE`` and the in-flight gauges need, and it
+feeds each steered request's outputs to its HTTP receipt (``receipts``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import weakref
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from vllm.exceptions import VLLMValidationError
+from vllm.renderers.inputs.preprocess import extract_prompt_len
 
 from cast_vllm.engine.admission import Admission
+from cast_vllm.engine.resolved import ResolvedSteering
 from cast_vllm.engine.settings import SteeringSettings
+from cast_vllm.serving import receipts
 from cast_vllm.serving.store import ServingVectorStore
-from cast_vllm.spec import FLAT_FIELDS, SteeringSpecError, parse_steering
-from cast_vllm.vectors import SteeringVector, VectorFileError, check_vector_name
+from cast_vllm.spec import SteeringSpecError
+from cast_vllm.vectors import MAX_VECTOR_NAME_LENGTH, SteeringVector, VectorFileError, check_vector_name
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """What the upload route accepts (README "Serving": limits)."""
+
+    max_bytes: int
+    max_vectors: int        # files kept in the upload directory
+    max_concurrent: int     # upload bodies held in memory at once
 
 
 class SteeringRequestError(VLLMValidationError, ValueError):
@@ -66,10 +81,11 @@ class _Ticket:
 
 
 class SteeringService:
-    def __init__(self, engine_client, store: ServingVectorStore, max_upload_bytes: int):
+    def __init__(self, engine_client, store: ServingVectorStore, limits: UploadLimits):
         self.engine_client = engine_client
         self.store = store
-        self.max_upload_bytes = max_upload_bytes
+        self.limits = limits
+        self.uploads_in_progress = 0
         model_config = engine_client.model_config
         self.hidden_size = model_config.get_hidden_size()
         self.num_layers = model_config.get_num_layers(engine_client.vllm_config.parallel_config)
@@ -84,6 +100,10 @@ class SteeringService:
         self.engine_stats: dict = {}
         self._info_cache: dict[Path, tuple[tuple[int, int], dict]] = {}
 
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.limits.max_bytes
+
     # ---- request path ------------------------------------------------------------------
     def install(self) -> None:
         """Share our admission with the engine hook and wrap ``generate`` (see module doc)."""
@@ -91,35 +111,50 @@ class SteeringService:
         original = self.engine_client.generate
 
         def generate(prompt, sampling_params, request_id, *args, **kwargs):
-            names = self.admit(sampling_params)
+            resolved = self.admit(sampling_params)
             stream = original(prompt, sampling_params, request_id, *args, **kwargs)
-            if names is None:
+            if resolved is None:
                 return stream
-            ticket = _Ticket(self, names)
-            tracked = self._tracked(stream, ticket)
+            ticket = _Ticket(self, tuple(dict.fromkeys(c.vector for c in resolved.components)))
+            tracker = receipts.track(resolved, self._prompt_len(prompt), sampling_params)
+            tracked = self._tracked(stream, ticket, tracker)
             weakref.finalize(tracked, ticket.release)  # a generator never iterated still releases
             return tracked
 
         self.engine_client.generate = generate
 
-    def admit(self, sampling_params) -> tuple[str, ...] | None:
-        """The request's vector names (None if unsteered); raises ``SteeringRequestError``."""
-        extra = getattr(sampling_params, "extra_args", None) or {}
-        if extra.get("steering") is None and not any(k in extra for k in FLAT_FIELDS):
+    def admit(self, sampling_params) -> ResolvedSteering | None:
+        """The request's resolved steering (None if unsteered); raises ``SteeringRequestError``.
+
+        Every request with ``extra_args`` is checked, so a misspelt steering key or a key in the
+        engine's reserved namespace is a 400 here rather than a failure inside the stream.
+        """
+        extra = getattr(sampling_params, "extra_args", None)
+        if not extra:
             return None
         try:
-            self.admission.resolve(extra)
-            names = tuple(dict.fromkeys(c.vector for c in parse_steering(extra)))
+            resolved = self.admission.resolve(extra)
         except (SteeringSpecError, VectorFileError) as exc:
             self.rejected_requests += 1
             raise SteeringRequestError(str(exc)) from None
-        self.steered_requests += 1
-        return names
+        if resolved is not None:
+            self.steered_requests += 1
+        return resolved
+
+    def _prompt_len(self, prompt) -> int:
+        """Prompt tokens as the engine will see them (the streamed receipt header needs it up front)."""
+        try:
+            return int(extract_prompt_len(self.engine_client.model_config, prompt) or 0)
+        except Exception as exc:  # a prompt form we cannot measure: the first output carries the count
+            logger.debug("prompt length unknown before generation (%s); the receipt takes it from the output", exc)
+            return 0
 
     @staticmethod
-    async def _tracked(stream, ticket: _Ticket):
+    async def _tracked(stream, ticket: _Ticket, tracker: receipts.ReceiptTracker | None):
         try:
             async for out in stream:
+                if tracker is not None:
+                    tracker.observe(out)
                 yield out
         except Exception as exc:
             cause = exc.__cause__
@@ -148,6 +183,14 @@ class SteeringService:
 
     # ---- vector management -------------------------------------------------------------
     def _checked_name(self, name: str) -> str:
+        """A plain vector name of at most ``MAX_VECTOR_NAME_LENGTH`` characters (400 otherwise).
+
+        Checked here too, not only in ``check_vector_name``: a long name must never reach the
+        filesystem (ENAMETOOLONG would be a 500).
+        """
+        if isinstance(name, str) and len(name) > MAX_VECTOR_NAME_LENGTH:
+            raise VectorRouteError(400, f"vector name of {len(name)} characters exceeds the limit of "
+                                        f"{MAX_VECTOR_NAME_LENGTH}")
         try:
             return check_vector_name(name)
         except VectorFileError as exc:
@@ -215,6 +258,32 @@ class SteeringService:
                 self.store.hidden.add(name)
             raise
 
+    def check_upload(self, name: str, overwrite: bool) -> None:
+        """Refuse an upload that cannot be stored, before its body is read (400 / 409)."""
+        self._checked_name(name)
+        existing = self.store.find(name)
+        if existing is not None and not overwrite:
+            raise VectorRouteError(409, f"steering vector {name!r} already exists ({self.store.source_of(existing)}); "
+                                        "pass overwrite=true or DELETE it first", "ConflictError")
+        uploaded = self.store.uploaded_names()
+        if name not in uploaded and len(uploaded) >= self.limits.max_vectors:
+            raise VectorRouteError(409, f"the server already keeps {len(uploaded)} uploaded vectors, the limit "
+                                        f"(--max-uploaded-vectors {self.limits.max_vectors}); DELETE one first",
+                                   "ConflictError")
+
+    @contextlib.contextmanager
+    def upload_slot(self):
+        """Hold one of ``max_concurrent`` upload buffers (429 when all are taken)."""
+        if self.uploads_in_progress >= self.limits.max_concurrent:
+            raise VectorRouteError(429, f"{self.uploads_in_progress} uploads are already in progress, the limit "
+                                        f"(--max-concurrent-uploads {self.limits.max_concurrent}); retry later",
+                                   "RateLimitError")
+        self.uploads_in_progress += 1
+        try:
+            yield
+        finally:
+            self.uploads_in_progress -= 1
+
     def upload(self, name: str, data: bytes, overwrite: bool = False) -> dict:
         """Parse (safetensors only, never pickle), check against the model, store, load."""
         self._checked_name(name)
@@ -223,10 +292,7 @@ class SteeringService:
             vec.check_against_model(self.hidden_size, self.num_layers, f"upload {name!r}")
         except VectorFileError as exc:
             raise VectorRouteError(400, str(exc)) from None
-        existing = self.store.find(name)
-        if existing is not None and not overwrite:
-            raise VectorRouteError(409, f"steering vector {name!r} already exists ({self.store.source_of(existing)}); "
-                                        "pass overwrite=true or DELETE it first", "ConflictError")
+        self.check_upload(name, overwrite)  # again: other uploads may have finished meanwhile
         self.store.register(name, vec)
         self.store.unhide(name)
         logger.info("uploaded steering vector %r (%d layers)", name, len(vec.layers))
