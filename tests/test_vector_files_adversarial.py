@@ -77,7 +77,7 @@ def test_gguf_direction_names_are_canonical_ascii(tmp_path):
         return tmp_path / name
 
     ok = SteeringVector.load(write("ok.gguf", {"direction.3": np.ones(8, np.float32)}))
-    assert ok.layers == [2]                           # the n - 1 mapping is unchanged here
+    assert ok.layers == [3]                           # no cast_vllm.* metadata: a peer file, direction.N = layer N
     for i, key in enumerate(["direction.03", "direction.\u0663", "direction.+3"]):
         path = write(f"bad{i}.gguf", {"direction.3": np.ones(8, np.float32), key: np.zeros(8, np.float32)})
         with pytest.raises(VectorFileError, match=re.escape(repr(key))):

@@ -1,5 +1,6 @@
 """Vector files: safetensors and GGUF round trips, metadata, refusals; the vector store."""
 
+import logging
 import multiprocessing
 import os
 import threading
@@ -27,17 +28,96 @@ def test_safetensors_round_trip(tmp_path):
     assert w.content_hash() == v.content_hash()
 
 
-def test_gguf_round_trip_and_layer_numbering(tmp_path):
+def _gguf_names(path):
     import gguf
 
-    v = vec(layers=(0, 5))
-    v.save(tmp_path / "a.gguf")
-    names = sorted(t.name for t in gguf.GGUFReader(str(tmp_path / "a.gguf")).tensors)
-    assert names == ["direction.1", "direction.6"]  # llama.cpp counts blocks from 1
-    w = SteeringVector.load(tmp_path / "a.gguf")
-    assert w.layers == [0, 5]
+    return sorted(t.name for t in gguf.GGUFReader(str(path)).tensors)
+
+
+def test_gguf_round_trip_and_layer_numbering(tmp_path, caplog):
+    """direction.N is our layer N: llama.cpp adds direction.il at the end of 0-based block il."""
+    import gguf
+
+    v = vec(layers=(1, 5))
+    with caplog.at_level(logging.WARNING, logger="cast_vllm.vectors"):
+        v.save(tmp_path / "a.gguf")
+        w = SteeringVector.load(tmp_path / "a.gguf")
+    assert caplog.records == []
+    assert _gguf_names(tmp_path / "a.gguf") == ["direction.1", "direction.5"]
+    assert w.layers == [1, 5]
     assert all(torch.equal(v.directions[i], w.directions[i]) for i in v.layers)
-    assert w.metadata["model"] == "tiny"
+    assert w.metadata["model"] == "tiny" and "gguf_layer_base" not in w.metadata
+    fields = gguf.GGUFReader(str(tmp_path / "a.gguf")).fields
+    assert bytes(fields["cast_vllm.gguf_layer_base"].parts[-1]) == b"0"
+    assert bytes(fields["general.architecture"].parts[-1]) == b"controlvector"
+    assert bytes(fields["controlvector.model_hint"].parts[-1]) == b"llama"
+    assert int(fields["controlvector.layer_count"].parts[-1][0]) == 2   # tensors written, as repeng counts
+
+
+def test_gguf_export_leaves_out_layer_0_with_a_warning(tmp_path, caplog):
+    """llama.cpp refuses a whole file holding direction.0, so export drops layer 0 and says so."""
+    v = vec(layers=(0, 2, 3))
+    with caplog.at_level(logging.WARNING, logger="cast_vllm.vectors"):
+        v.save_gguf(tmp_path / "a.gguf")
+    assert _gguf_names(tmp_path / "a.gguf") == ["direction.2", "direction.3"]
+    assert any("layer 0 left out" in r.getMessage() for r in caplog.records)
+    assert SteeringVector.load(tmp_path / "a.gguf").layers == [2, 3]
+    assert v.layers == [0, 2, 3]                              # the vector itself is untouched
+    with pytest.raises(VectorFileError, match="only layer 0"):
+        vec(layers=(0,)).save_gguf(tmp_path / "b.gguf")
+    assert not (tmp_path / "b.gguf").exists()
+
+
+def _write_gguf(path, tensors, strings=()):
+    """A control vector laid out as cast-vllm 0.1.0's save_gguf wrote one (when strings are ours)."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), "controlvector")
+    w.add_string("controlvector.model_hint", "llama")
+    w.add_uint32("controlvector.layer_count", len(tensors))
+    for key, value in strings:
+        w.add_string(key, value)
+    for name, t in tensors.items():
+        w.add_tensor(name, np.asarray(t, dtype=np.float32))
+    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
+    return path
+
+
+def test_gguf_from_0_1_0_is_read_the_old_way_with_a_warning(tmp_path, caplog):
+    """0.1.0 wrote direction.<layer + 1> with cast_vllm.* metadata and no layer-base marker."""
+    old = _write_gguf(tmp_path / "old.gguf", {"direction.1": [1.0, 2.0], "direction.4": [3.0, 4.0]},
+                      [("cast_vllm.format", FORMAT), ("cast_vllm.model", "tiny")])
+    with caplog.at_level(logging.WARNING, logger="cast_vllm.vectors"):
+        v = SteeringVector.load(old)
+    assert v.layers == [0, 3] and torch.equal(v.directions[0], torch.tensor([1.0, 2.0]))
+    assert v.metadata["model"] == "tiny"
+    msg = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "cast-vllm 0.1.0" in msg and "layer n - 1" in msg and "[0, 3]" in msg
+    v.save_gguf(tmp_path / "new.gguf")                        # re-saving converts it to the peer convention
+    assert _gguf_names(tmp_path / "new.gguf") == ["direction.3"]   # layer 0 cannot go to llama.cpp
+    assert SteeringVector.load(tmp_path / "new.gguf").layers == [3]
+
+
+def test_gguf_without_our_metadata_is_a_peer_file(tmp_path, caplog):
+    """No cast_vllm.* fields: llama.cpp/repeng layout, direction.N is layer N, direction.0 included."""
+    peer = _write_gguf(tmp_path / "peer.gguf", {"direction.0": [1.0, 1.0], "direction.3": [2.0, 2.0]})
+    with caplog.at_level(logging.WARNING, logger="cast_vllm.vectors"):
+        assert SteeringVector.load(peer).layers == [0, 3]
+    assert caplog.records == []
+
+
+def test_gguf_layer_base_marker_is_checked(tmp_path):
+    bad = _write_gguf(tmp_path / "bad.gguf", {"direction.2": [1.0]}, [("cast_vllm.gguf_layer_base", "1")])
+    with pytest.raises(VectorFileError, match="gguf_layer_base is '1'"):
+        SteeringVector.load(bad)
+    old0 = _write_gguf(tmp_path / "old0.gguf", {"direction.0": [1.0]}, [("cast_vllm.model", "tiny")])
+    with pytest.raises(VectorFileError, match="0.1.0 never wrote direction.0"):
+        SteeringVector.load(old0)
+    v = vec(layers=(2,))
+    v.metadata["gguf_layer_base"] = "1"                       # a stale key never overrides the marker
+    v.save_gguf(tmp_path / "ok.gguf")
+    assert SteeringVector.load(tmp_path / "ok.gguf").layers == [2]
 
 
 def test_refusals(tmp_path):
@@ -66,7 +146,7 @@ def test_store(tmp_path):
     user, registered = tmp_path / "user", tmp_path / "reg"
     user.mkdir(), registered.mkdir()
     vec(seed=1).save(user / "a.safetensors")
-    vec(seed=2).save_gguf(user / "b.gguf")
+    vec(layers=(1, 3), seed=2).save_gguf(user / "b.gguf")
     store = VectorStore([registered, user], blob_dir=tmp_path / "blobs")
     assert store.names() == ["a", "b"]
     a = store.get("a")
@@ -122,7 +202,7 @@ def test_constructor_takes_only_one_dimensional_float_tensors():
 
 def _save_repeatedly(path: str, seed: int, times: int) -> None:
     """Child process body (spawned): the same content-addressed blob, over and over."""
-    v = vec(seed=seed)
+    v = vec(layers=(1, 3), seed=seed)                 # no layer 0: GGUF export leaves it out
     for _ in range(times):
         v.save(path)
         assert SteeringVector.load(path).content_hash() == v.content_hash()
@@ -133,7 +213,7 @@ def test_concurrent_saves_of_one_path_never_corrupt_it(tmp_path, suffix):
     """Two processes and eight threads save one path; each reader sees a whole file, no temp file
     stays behind (a fixed ``<path>.tmp`` made writers clobber and unlink each other's file)."""
     path = tmp_path / f"blob{suffix}"
-    expected = vec(seed=5).content_hash()
+    expected = vec(layers=(1, 3), seed=5).content_hash()
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_save_repeatedly, args=(str(path), 5, 15)) for _ in range(2)]
     for p in procs:
