@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import numbers
 import re
 import struct
 from datetime import datetime, timezone
@@ -303,6 +304,55 @@ class SteeringVector:
             return cls(directions, check_metadata(metadata, str(path)))
         except VectorFileError as exc:
             raise VectorFileError(f"{path}: {exc}") from None
+
+    # ---- arithmetic: repeng's ControlVector operators; results record method="combine" ----------
+    #: numpy scalars on the left (``np.float32(2) * v``) defer to __rmul__ instead of broadcasting
+    __array_ufunc__ = None
+
+    def __add__(self, other):
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        from cast_vllm.vector_math import combine
+
+        return combine([(self, 1.0), (other, 1.0)])
+
+    def __radd__(self, other):
+        """Only ``0 + v``, so that ``sum(vectors)`` works."""
+        if isinstance(other, numbers.Real) and not isinstance(other, bool) and other == 0:
+            from cast_vllm.vector_math import combine
+
+            return combine([(self, 1.0)])
+        return NotImplemented
+
+    def __sub__(self, other):
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        from cast_vllm.vector_math import combine
+
+        return combine([(self, 1.0), (other, -1.0)])
+
+    def __neg__(self):
+        from cast_vllm.vector_math import combine
+
+        return combine([(self, -1.0)])
+
+    def __mul__(self, scale):
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            return NotImplemented
+        from cast_vllm.vector_math import combine
+
+        return combine([(self, scale)])
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, scale):
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            return NotImplemented
+        if scale == 0:
+            raise ZeroDivisionError("steering vector divided by zero")
+        from cast_vllm.vector_math import combine
+
+        return combine([(self, 1.0 / float(scale))])
 
     def __repr__(self) -> str:
         return f"SteeringVector(layers={self.layers}, hidden_size={self.hidden_size})"

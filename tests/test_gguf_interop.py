@@ -14,73 +14,23 @@ repeng 0.4.0 (the PyPI wheel, run below), repeng/extract.py:
   repeng/control.py: ControlModel wraps ``model.model.layers[layer_id]`` and adds to its output.
 """
 
-import hashlib
-import importlib
-import importlib.machinery
-import importlib.util
 import logging
-import subprocess
-import sys
-import types
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from peer_wheels import REPENG, peer_package
 
 from cast_vllm.spec import SteeringComponent
 from cast_vllm.vectors import SteeringVector
-
-REPENG_VERSION = "0.4.0"
-REPENG_WHEEL = f"repeng-{REPENG_VERSION}-py3-none-any.whl"
-REPENG_SHA256 = "9192ac3118cff53f78ab18a899975e719a09e9cb8d44e90aae757655152cd3ce"
-
-
-def _sklearn_placeholder() -> dict[str, types.ModuleType]:
-    """repeng.extract imports sklearn's PCA for training only; these tests never train, so a
-    module whose PCA raises stands in when scikit-learn (and scipy) are not installed."""
-    class PCA:
-        def __init__(self, *a, **k):
-            raise RuntimeError("scikit-learn is not installed: repeng training is not available in this test")
-
-    mods = {name: types.ModuleType(name) for name in ("sklearn", "sklearn.decomposition")}
-    for name, mod in mods.items():
-        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
-    mods["sklearn.decomposition"].PCA = PCA
-    mods["sklearn"].decomposition = mods["sklearn.decomposition"]
-    return mods
 
 
 @pytest.fixture(scope="module")
 def repeng(tmp_path_factory):
     """repeng's own code: the pinned PyPI wheel, imported from the zip, never installed."""
-    where = tmp_path_factory.mktemp("repeng")
-    cmd = [sys.executable, "-m", "pip", "download", f"repeng=={REPENG_VERSION}", "--no-deps",
-           "--only-binary=:all:", "--timeout", "20", "--retries", "1", "-q", "-d", str(where)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"pip download repeng=={REPENG_VERSION} timed out (PyPI unreachable?)")
-    wheel = where / REPENG_WHEEL
-    if proc.returncode != 0 or not wheel.is_file():
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        pytest.skip(f"pip download repeng=={REPENG_VERSION} failed (PyPI unreachable?): {tail[0]}")
-    assert hashlib.sha256(wheel.read_bytes()).hexdigest() == REPENG_SHA256, "the repeng 0.4.0 wheel changed"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.syspath_prepend(str(wheel))
-        try:
-            with pytest.MonkeyPatch.context() as during_import:   # gone before anything else looks
-                if importlib.util.find_spec("sklearn") is None:
-                    for name, mod in _sklearn_placeholder().items():
-                        during_import.setitem(sys.modules, name, mod)
-                if not hasattr(np, "float_"):   # 0.4.0 annotates with numpy 1's alias (upstream 96b4e20)
-                    during_import.setattr(np, "float_", np.float64, raising=False)
-                module = importlib.import_module("repeng")
-            assert module.__file__.startswith(str(wheel)), module.__file__
-            yield module
-        finally:
-            for name in [m for m in sys.modules if m == "repeng" or m.startswith("repeng.")]:
-                del sys.modules[name]
+    with peer_package(REPENG, tmp_path_factory) as module:
+        yield module
 
 
 def _rand(hidden, seed):
