@@ -17,6 +17,7 @@ COMMANDS = {
     "eval": ("eval", "evaluate cross-task transfer (zero-shot, ICL, CAST, controls)"),
     "bench": ("bench", "throughput, latency and kernel benchmarks"),
     "demo": ("demo", "the end-to-end demo on the default model"),
+    "vectors": ("vectors", "list, inspect, convert and combine vector files (GGUF, repeng, steering-vectors, .pt)"),
 }
 
 
