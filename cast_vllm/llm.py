@@ -36,7 +36,7 @@ class SteeredLLM(LLM):
 
         from cast_vllm.engine.plugin import register
 
-        register()
+        register(strict=True)  # UnsupportedVLLMError here, not a half-patched engine
         model = str(model)
         if max_steering_vectors < 1:
             raise ValueError(f"max_steering_vectors must be >= 1, got {max_steering_vectors}")
