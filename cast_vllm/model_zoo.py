@@ -8,8 +8,10 @@ transformers and save a clean float checkpoint that vLLM serves.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -88,11 +90,43 @@ def prepare_model(name: str = DEFAULT_MODEL, out: str | Path | None = None) -> P
     return target
 
 
-def resolve(model: str | None = None) -> str:
-    """A ``--model`` value: an embedded model's name (or nothing: the default) becomes its
-    prepared folder; a folder or hub id is returned as given."""
-    model = model or DEFAULT_MODEL
-    return str(prepare_model(model)) if model in MODELS else model
+class ModelNotFoundError(PrepareModelError, ValueError):
+    """A ``--model`` value that is no embedded model, no model folder and no hub id. A
+    ValueError too, so every command reports it like its other bad inputs."""
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+
+
+def resolve(model: str | Path | None = None) -> str:
+    """The one reading of a ``--model`` value, for every command and benchmark.
+
+    - an embedded model's name (or nothing: the default) -> its prepared folder (built once);
+    - an existing folder -> its absolute path (it must hold ``config.json``);
+    - anything shaped like a hub id (``org/name``, or a bare legacy name) -> returned as given,
+      with no network call: vLLM and transformers fetch it, or read their cache, when they load
+      it, and honour ``HF_HUB_OFFLINE``;
+    - anything else (a missing path, a file) -> ``ModelNotFoundError`` naming the problem.
+    """
+    model = str(model) if model else DEFAULT_MODEL
+    if model in MODELS:
+        return str(prepare_model(model))
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)")
+        return str(path.resolve())
+    if path.exists():
+        raise ModelNotFoundError(f"{model} is a file; --model takes a model folder (with config.json), "
+                                 f"a hub id or an embedded model ({', '.join(sorted(MODELS))})")
+    if not _HUB_ID.fullmatch(model):
+        raise ModelNotFoundError(f"model {model!r} is neither a folder (no such directory), a hub id (org/name) "
+                                 f"nor an embedded model ({', '.join(sorted(MODELS))})")
+    if "/" not in model:
+        close = difflib.get_close_matches(model, MODELS, n=1, cutoff=0.8)
+        if close:
+            raise ModelNotFoundError(f"unknown model {model!r}: did you mean the embedded model {close[0]!r}?")
+    return model
 
 
 def _fetch_gguf(spec: EmbeddedModel, tmp: Path) -> Path:

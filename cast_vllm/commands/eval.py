@@ -40,7 +40,7 @@ def add_arguments(p) -> None:
 
     p.add_argument("--suite", choices=("default",), default=None,
                    help="run the default transfer suite (ignores --source/--target/--task)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"HF model folder or embedded model (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder, hub id or embedded model name (default {DEFAULT_MODEL})")
     p.add_argument("--source", help="source task data file (JSONL or JSON list)")
     p.add_argument("--target", help="target task data file")
     p.add_argument("--task", help="target task format (sentiment, mc, pairs) or a YAML/JSON task file")
@@ -204,10 +204,10 @@ def _run(args) -> int:
         cfg = EvalConfig(model=args.model, source=args.source, target=args.target, task=args.task,
                          source_task=args.source_task, methods=args.methods, **_overrides(args))
         from cast_vllm.evaluation.engine import EvalEngine
-        from cast_vllm.method.activations import resolve_model
+        from cast_vllm.model_zoo import resolve
 
         cfg.validate()
-        engine = EvalEngine(str(resolve_model(args.model)), **engine_kwargs)
+        engine = EvalEngine(resolve(args.model), **engine_kwargs)
         try:
             result = evaluate(cfg, engine=engine, progress=progress)
         finally:
@@ -215,6 +215,9 @@ def _run(args) -> int:
     except ValueError as exc:   # every error of ours names its problem
         print(f"cast-vllm eval: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:   # a hub id that cannot be fetched, an unreadable file
+        print(f"cast-vllm eval: {exc} (--model {args.model!r})", file=sys.stderr)
+        return 1
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=1))

@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(p) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"HF model folder or embedded model name (default {DEFAULT_MODEL})")
+                   help=f"model folder, hub id or embedded model name (default {DEFAULT_MODEL})")
     p.add_argument("--source", nargs="+", required=True, metavar="S",
                    help="source task data file(s) (JSONL or JSON list); several are combined")
     p.add_argument("--task", nargs="+", required=True, metavar="T",
@@ -110,6 +110,9 @@ def run(args) -> int:
         if ckpt.is_dir():
             print(f"cast-vllm extract: finished shards kept in {ckpt}", file=sys.stderr)
         return 2
+    except OSError as exc:   # a hub id that cannot be fetched, an unreadable file
+        print(f"cast-vllm extract: {exc} (--model {args.model!r})", file=sys.stderr)
+        return 1
     except WorkerLostError as exc:
         print(f"cast-vllm extract: {exc}", file=sys.stderr)
         if ckpt.is_dir():

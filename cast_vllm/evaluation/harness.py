@@ -203,11 +203,12 @@ def _fit_demos(engine: EvalEngine, item: TaskItem, demos: list[TaskItem], tspec:
 def evaluate(cfg: EvalConfig, engine: EvalEngine | None = None, acts: ActivationCache | None = None,
              progress: bool = True) -> dict:
     """Run the protocol (module doc) and return the result dictionary (JSON-ready)."""
-    from cast_vllm.method.activations import HFActivationReader, ReaderConfig, resolve_model
+    from cast_vllm.method.activations import HFActivationReader, ReaderConfig
+    from cast_vllm.model_zoo import resolve
 
     cfg.validate()
     t_start = time.perf_counter()
-    model_path = resolve_model(cfg.model)
+    model_path = resolve(cfg.model)
     own_engine = engine is None
     if engine is None:
         engine = EvalEngine(str(model_path))

@@ -118,7 +118,8 @@ def run_suite(model: str, out_dir: str | Path, *, data_dir: str | Path | None = 
     from cast_vllm.evaluation.engine import EvalEngine
     from cast_vllm.evaluation.report import write_report
     from cast_vllm.evaluation.source_vectors import ActivationCache
-    from cast_vllm.method.activations import HFActivationReader, ReaderConfig, resolve_model
+    from cast_vllm.method.activations import HFActivationReader, ReaderConfig
+    from cast_vllm.model_zoo import resolve
 
     data = Path(data_dir) if data_dir else default_data_dir()
     configs = suite_configs(model, data, pairs, overrides)
@@ -133,7 +134,7 @@ def run_suite(model: str, out_dir: str | Path, *, data_dir: str | Path | None = 
                 previous[r.get("name", "")] = r
         except (json.JSONDecodeError, AttributeError):
             logger.warning("%s is not a suite result; starting afresh", json_path)
-    model_path = resolve_model(model)
+    model_path = resolve(model)
     engine = None
     acts = None
     results: list[dict] = []

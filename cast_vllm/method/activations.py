@@ -43,21 +43,6 @@ class ModelInfo:
     dtype: str              # the checkpoint's dtype, e.g. "float32"
 
 
-def resolve_model(model: str | Path) -> Path:
-    """A model folder, or the name of an embedded model (e.g. ``smollm2-135m``), prepared on
-    first use."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ActivationError(f"{path} is not a Hugging Face model folder (no config.json)")
-        return path.resolve()
-    from cast_vllm.model_zoo import MODELS, prepare_model
-
-    if str(model) in MODELS:
-        return prepare_model(str(model))
-    raise ActivationError(f"model {model!s} is neither a folder nor an embedded model ({', '.join(sorted(MODELS))})")
-
-
 def model_info(path: str | Path) -> ModelInfo:
     from transformers import AutoConfig
 

@@ -33,10 +33,11 @@ import numpy as np
 import torch
 
 from cast_vllm.method.activations import (
-    ReaderConfig, encode_prompts, load_tokenizer, model_info, parse_layers, resolve_model,
+    ReaderConfig, encode_prompts, load_tokenizer, model_info, parse_layers,
 )
 from cast_vllm.method.distributed import ActivationPool, ShardCheckpoint
 from cast_vllm.method.selection import SELECTION_RULES, SelectionError, select_samples
+from cast_vllm.model_zoo import resolve
 from cast_vllm.method.tasks import TaskItem, TaskSpec, build_prompt, load_task, load_task_spec
 from cast_vllm.vectors import SteeringVector
 
@@ -230,7 +231,7 @@ def extract(options: ExtractOptions, progress=None, pool: ActivationPool | None 
 
     opt = options
     opt.validate()
-    model_path = resolve_model(opt.model)
+    model_path = resolve(opt.model)
     info = model_info(model_path)
     layers = parse_layers(opt.layers, info.num_layers)
     sel_layer = opt.selection_layer if opt.selection_layer is not None else info.num_layers // 2
@@ -344,7 +345,7 @@ def _one_source(opt: ExtractOptions, path: str, spec: TaskSpec, pool: list[TaskI
                         directions={layer: agg[j] for j, layer in enumerate(layers)})
 
 
-def _metadata(opt: ExtractOptions, model_path: Path, info, layers, sel_layer, results: list[SourceResult],
+def _metadata(opt: ExtractOptions, model_path: str, info, layers, sel_layer, results: list[SourceResult],
               weights: dict[str, np.ndarray]) -> dict[str, str]:
     from cast_vllm import __version__
 
