@@ -1,28 +1,27 @@
-"""`cast-vllm bench throughput|latency|kernel|...`: runs a script from the checkout's bench/ folder.
+"""`cast-vllm bench NAME [options]`: the benchmarks of cast_vllm.benchmarks (also bench/NAME.py).
 
-Benchmarks are scripts beside their recorded results (bench/results/); this command finds
-them next to the installed package (an editable install or a source checkout).
+They ship in the package, so the command works from any install; ``cast-vllm bench NAME --help``
+lists a benchmark's options. In a source checkout (editable install) results go to
+bench/results/ beside the recorded ones, elsewhere to ./bench-results/ unless --out says.
 """
 
-import runpy
+import importlib
 import sys
-from pathlib import Path
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
-ALIASES = {"latency": "serving"}
+from cast_vllm.benchmarks import ALIASES, BENCHMARKS
 
 
 def add_arguments(p):
-    available = sorted(f.stem for f in BENCH_DIR.glob("*.py")) if BENCH_DIR.is_dir() else []
-    p.add_argument("which", help=f"benchmark: {', '.join(available + sorted(ALIASES)) or 'none found'}")
-    p.add_argument("bench_args", nargs="...", help="options passed to the benchmark script")
+    p.add_argument("which", metavar="NAME",
+                   help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()) + "; latency = serving")
+    p.add_argument("bench_args", nargs="...", help="options of the benchmark (cast-vllm bench NAME --help)")
 
 
 def run(args) -> int:
-    script = BENCH_DIR / f"{ALIASES.get(args.which, args.which)}.py"
-    if not script.is_file():
-        print(f"cast-vllm bench: no benchmark {args.which!r} in {BENCH_DIR} (needs a source checkout)",
+    name = ALIASES.get(args.which, args.which)
+    if name not in BENCHMARKS:
+        print(f"cast-vllm bench: no benchmark {args.which!r}; choose from {', '.join(list(BENCHMARKS) + list(ALIASES))}",
               file=sys.stderr)
         return 2
-    module = runpy.run_path(str(script), run_name="cast_vllm_bench")
-    return int(module["main"](list(args.bench_args) + list(args.extra)) or 0)
+    module = importlib.import_module(f"cast_vllm.benchmarks.{name}")
+    return int(module.main(list(args.bench_args) + list(args.extra), prog=f"cast-vllm bench {args.which}") or 0)
