@@ -7,7 +7,14 @@ import argparse
 import importlib
 import sys
 
+from cast_vllm import __version__
+from cast_vllm.engine.vllm_compat import VLLM_INSTALL_HINT, UnsupportedVLLMError
 from cast_vllm.logging_setup import configure_cli_logging
+
+DESCRIPTION = ("cast-vllm: CAST activation steering served by vLLM, with per-request steering vectors "
+               "(many vectors in one batch).")
+# Commands whose engine logs are their output (vLLM's own INFO lines stay).
+LOUD_COMMANDS = {"serve"}
 
 COMMANDS = {
     "prepare-model": ("prepare_model", "prepare an embedded model and print its folder"),
@@ -15,7 +22,7 @@ COMMANDS = {
     "generate": ("generate", "steered generation from the command line"),
     "serve": ("serve", "OpenAI-compatible server with per-request steering"),
     "eval": ("eval", "evaluate cross-task transfer (zero-shot, ICL, CAST, controls)"),
-    "bench": ("bench", "throughput, latency and kernel benchmarks"),
+    "bench": ("bench", "benchmarks: offline throughput, serving latency, extraction, kernel"),
     "demo": ("demo", "the end-to-end demo on the default model"),
     "vectors": ("vectors", "list, inspect, convert and combine vector files (GGUF, repeng, steering-vectors, .pt)"),
 }
@@ -26,8 +33,11 @@ def _load(name: str):
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cast-vllm", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(prog="cast-vllm", description=DESCRIPTION,
+                                     epilog="cast-vllm COMMAND --help lists a command's options.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and vLLM's and Ray's INFO logs (hidden otherwise)")
+    parser.add_argument("--version", action="version", version=f"cast-vllm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -38,13 +48,44 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, extra = build_parser(argv).parse_known_args(argv)
-    if extra and args.command != "serve":
-        print(f"cast-vllm {args.command}: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
-        return 2
-    args.extra = extra
-    configure_cli_logging(args.verbose)
-    return int(_load(args.command).run(args) or 0)
+    verbose, command = _peek(argv)
+    # Before any command module loads: vLLM reads its logging variables when first imported.
+    configure_cli_logging(verbose, quiet=command not in LOUD_COMMANDS)
+    try:
+        args, extra = build_parser(argv).parse_known_args(argv)
+        if extra and args.command != "serve":
+            print(f"cast-vllm {args.command}: unrecognized arguments: {' '.join(extra)}", file=sys.stderr)
+            return 2
+        args.extra = extra
+        return int(_load(args.command).run(args) or 0)
+    except ModuleNotFoundError as exc:
+        return _missing_dependency(exc)
+    except UnsupportedVLLMError as exc:   # the version guard (engine/vllm_compat.py)
+        print(f"cast-vllm: {exc}", file=sys.stderr)
+        return 1
+
+
+def _peek(argv: list[str]) -> tuple[bool, str | None]:
+    """(-v given before the command, the command) without parsing the command's options."""
+    verbose = False
+    for arg in argv:
+        if arg in ("-v", "--verbose"):
+            verbose = True
+        elif not arg.startswith("-"):
+            return verbose, arg
+    return verbose, None
+
+
+def _missing_dependency(exc: ModuleNotFoundError) -> int:
+    """vLLM (or PyTorch) missing: how to install it, instead of a traceback."""
+    root = (exc.name or "").split(".")[0]
+    if root == "vllm":
+        print(f"cast-vllm: {VLLM_INSTALL_HINT}", file=sys.stderr)
+    elif root in {"torch", "transformers"}:
+        print(f"cast-vllm: {root} is not installed; it comes with vLLM:\n{VLLM_INSTALL_HINT}", file=sys.stderr)
+    else:
+        raise exc
+    return 1
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ items); the full measurement is ``cast-vllm eval --suite default``.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 
 logger = logging.getLogger("cast_vllm.demo")
@@ -29,7 +30,7 @@ GENERATION_PROMPTS = [
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", default="smollm2-135m", help="model folder or embedded model name")
+    p.add_argument("--model", default="smollm2-135m", help="model folder, hub id or embedded model name")
     p.add_argument("--target", choices=("tweets", "amazon", "movies"), default="tweets",
                    help="target set (default tweets; movies = held-out in-domain snippets)")
     p.add_argument("--n-test", type=int, default=100, help="target test items (default 100)")
@@ -58,12 +59,16 @@ def _run(args) -> int:
     from cast_vllm.evaluation.harness import EvalConfig, evaluate
     from cast_vllm.evaluation.suite import default_data_dir
     from cast_vllm.evaluation.vader import vader_file
-    from cast_vllm.model_zoo import resolve
+    from cast_vllm.model_zoo import PrepareModelError, resolve
 
     t0 = time.perf_counter()
     progress = not args.no_progress
     print("[1/4] preparing the model ...", flush=True)
-    model = resolve(args.model)
+    try:
+        model = resolve(args.model)
+    except PrepareModelError as exc:
+        print(f"cast-vllm demo: {exc}", file=sys.stderr)
+        return 2
     print(f"      {model}")
     print("[2/4] sentiment data ...", flush=True)
     data_dir = args.data_dir or default_data_dir()
@@ -72,7 +77,8 @@ def _run(args) -> int:
     print(f"      source {source}\n      target {target}")
     print(f"[3/4] CAST vector from movie snippets, evaluated on {args.target} "
           "(zero-shot vs cross-task ICL vs CAST, one engine) ...", flush=True)
-    engine = EvalEngine(model, max_model_len=2048, kv_cache_gib=0.5)
+    engine = EvalEngine(model, max_model_len=2048, kv_cache_gib=0.5,
+                        use_tqdm_on_load=getattr(args, "verbose", False))
     try:
         cfg = EvalConfig(model=model, source=str(source), target=str(target), task="sentiment",
                          methods=("zero_shot", "icl", "cast", "random_vector"), seeds=1, n_test=args.n_test,

@@ -5,7 +5,7 @@ import sys
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, help="model folder or embedded model name (smollm2-135m)")
+    p.add_argument("--model", required=True, help="model folder, hub id or embedded model name (smollm2-135m)")
     p.add_argument("--vector-dir", default=None, help="directory of vector files (name = file stem)")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for a batch)")
     p.add_argument("--steering", default=None,
@@ -16,32 +16,31 @@ def add_arguments(p):
     p.add_argument("--compare", action="store_true", help="also print the unsteered output")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="context length (default: the model's, at most 2048, to keep the KV cache small)")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of text")
 
 
 def run(args) -> int:
-    from vllm import SamplingParams
-
     from cast_vllm import SteeredLLM
-    from cast_vllm.model_zoo import resolve
+    from cast_vllm.engine.shutdown import shutdown_llm
+    from cast_vllm.model_zoo import PrepareModelError, resolve
 
-    model = resolve(args.model)
+    try:
+        model = resolve(args.model)
+    except PrepareModelError as exc:
+        print(f"cast-vllm generate: {exc}", file=sys.stderr)
+        return 2
     llm = SteeredLLM(model, vector_dir=args.vector_dir, dtype=args.dtype, enforce_eager=args.enforce_eager,
-                     max_model_len=2048)
-    variants = [("steered", args.steering)] + ([("unsteered", None)] if args.compare and args.steering else [])
-    results = {}
-    for label, steering in variants:
-        sp = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
-                            extra_args=None if steering is None else {"steering": steering})
-        try:
-            if args.chat:
-                outs = llm.chat([[{"role": "user", "content": p}] for p in args.prompt], sp, use_tqdm=False)
-            else:
-                outs = llm.generate(args.prompt, sp, use_tqdm=False)
-        except ValueError as exc:
-            print(f"cast-vllm generate: {exc}", file=sys.stderr)
-            return 2
-        results[label] = [o.outputs[0].text for o in outs]
+                     max_model_len=args.max_model_len or _default_max_len(model),
+                     use_tqdm_on_load=getattr(args, "verbose", False))
+    try:
+        results = _generate(llm, args)
+    except ValueError as exc:
+        print(f"cast-vllm generate: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        shutdown_llm(llm)   # now, not at exit: vLLM force-kills (and warns about) a live engine core
     for i, prompt in enumerate(args.prompt):
         if args.json:
             print(json.dumps({"prompt": prompt, **{k: v[i] for k, v in results.items()}}))
@@ -49,3 +48,27 @@ def run(args) -> int:
             for label, texts in results.items():
                 print(f"[{label if args.steering else 'output'}] {prompt!r} -> {texts[i]!r}")
     return 0
+
+
+def _generate(llm, args) -> dict[str, list[str]]:
+    from vllm import SamplingParams
+
+    variants = [("steered", args.steering)] + ([("unsteered", None)] if args.compare and args.steering else [])
+    results = {}
+    for label, steering in variants:
+        sp = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                            extra_args=None if steering is None else {"steering": steering})
+        if args.chat:
+            outs = llm.chat([[{"role": "user", "content": p}] for p in args.prompt], sp, use_tqdm=False)
+        else:
+            outs = llm.generate(args.prompt, sp, use_tqdm=False)
+        results[label] = [o.outputs[0].text for o in outs]
+    return results
+
+
+def _default_max_len(model: str, cap: int = 2048) -> int:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return min(cap, int(getattr(cfg, "max_position_embeddings", None) or cap))

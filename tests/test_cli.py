@@ -1,0 +1,197 @@
+"""The command line as a user meets it: --help and --version, one model resolver for every
+command, benchmarks from outside the checkout, friendly errors, and quiet engines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cast_vllm
+from cast_vllm.cli import DESCRIPTION, main
+from cast_vllm.model_zoo import DEFAULT_MODEL, ModelNotFoundError, resolve
+
+CLI = [sys.executable, "-m", "cast_vllm.cli"]
+OUTSIDE = "/tmp"   # no checkout here: the package must bring everything itself
+
+
+def _run(args, cwd=OUTSIDE, timeout=300, **env):
+    return subprocess.run(CLI + list(args), cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# ---- --help, --version ------------------------------------------------------------------------
+
+def test_top_level_help_is_whole_sentences_and_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())   # argparse wraps lines
+    assert " ".join(DESCRIPTION.split()) in out and DESCRIPTION.endswith(".")
+    from cast_vllm.cli import COMMANDS
+
+    for name in COMMANDS:
+        assert name in out
+
+
+def test_version_is_single_sourced():
+    from importlib.metadata import version
+
+    proc = _run(["--version"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"cast-vllm {cast_vllm.__version__}"
+    assert version("cast-vllm") == cast_vllm.__version__   # the installed metadata reads the same attribute
+
+
+# ---- one model resolver -------------------------------------------------------------------------
+
+def test_resolver_embedded_names_folders_and_hub_ids(default_model_dir, tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve(DEFAULT_MODEL) == resolve(None) == str(default_model_dir)
+    tiny = tiny_model_dir("llama")
+    assert resolve(str(tiny)) == str(tiny.resolve())
+    monkeypatch.chdir(tiny.parent)
+    assert resolve(f"./{tiny.name}") == str(tiny.resolve())           # relative folders become absolute
+    assert resolve("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"  # no network
+    assert resolve("gpt2") == "gpt2"                                    # bare legacy hub id
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="no config.json"):
+        resolve(str(tmp_path / "empty"))
+    with pytest.raises(ModelNotFoundError, match="no such directory"):
+        resolve(str(tmp_path / "missing"))
+    with pytest.raises(ModelNotFoundError, match="is a file"):
+        resolve(str(tiny / "config.json"))
+    with pytest.raises(ModelNotFoundError, match="did you mean the embedded model 'smollm2-135m'"):
+        resolve("smollm2-135")
+    assert isinstance(ModelNotFoundError("x"), ValueError)   # every command reports it as a bad input
+
+
+def test_activations_has_no_resolver_of_its_own():
+    from cast_vllm.method import activations
+
+    assert not hasattr(activations, "resolve_model")
+
+
+def test_extract_accepts_an_embedded_name(shared_data, tmp_path, default_model_dir):
+    """What serve accepts, extract accepts: the embedded default model by name (HF backend, tiny run)."""
+    out = tmp_path / "v.safetensors"
+    rc = main(["extract", "--model", DEFAULT_MODEL, "--source", str(shared_data / "sentiment" / "movies.jsonl"),
+               "--task", "sentiment", "--out", str(out), "--layers", "3", "--num-selected", "4", "--num-demos", "1",
+               "--pool-size", "8", "--selection", "random", "--backend", "hf", "--shard-size", "8"])
+    assert rc == 0
+    from cast_vllm.vectors import SteeringVector
+
+    vector = SteeringVector.load(out)
+    assert vector.layers == [3] and vector.metadata["model_path"] == str(default_model_dir)
+
+
+@pytest.mark.parametrize("command", ["extract", "eval"])
+def test_extract_and_eval_read_model_values_like_serve(command, shared_data, tmp_path, monkeypatch, capsys):
+    """A hub id passes the resolver (and fails only at loading, offline, naming the model); bad
+    folders and near-misses of embedded names get the resolver's own messages."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    movies = str(shared_data / "sentiment" / "movies.jsonl")
+    tweets = str(shared_data / "sentiment" / "tweets.jsonl")
+    rest = (["--source", movies, "--task", "sentiment", "--out", str(tmp_path / "v.safetensors"), "--backend", "hf"]
+            if command == "extract" else ["--source", movies, "--target", tweets, "--task", "sentiment"])
+    (tmp_path / "empty").mkdir()
+    assert main([command, "--model", str(tmp_path / "empty"), *rest]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert main([command, "--model", "smollm2-135", *rest]) == 2
+    assert "did you mean the embedded model 'smollm2-135m'" in capsys.readouterr().err
+    assert main([command, "--model", "no-such-org/no-such-model", *rest]) == 1
+    err = capsys.readouterr().err
+    assert "no-such-org/no-such-model" in err and "neither a folder" not in err
+
+
+# ---- benchmarks from an installed package -------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["throughput", "serving", "latency", "extraction", "kernel"])
+def test_bench_help_works_outside_the_checkout(name):
+    proc = _run(["bench", name, "--help"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"usage: cast-vllm bench {name}" in proc.stdout
+    assert "--out" in proc.stdout
+
+
+def test_bench_scripts_in_the_checkout_are_thin_and_keep_their_cli():
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    for name in ("throughput", "serving", "extraction", "kernel"):
+        script = bench / f"{name}.py"
+        assert len(script.read_text().splitlines()) < 20, f"{script} should only call cast_vllm.benchmarks.{name}"
+    proc = subprocess.run([sys.executable, str(bench / "throughput.py"), "--help"], capture_output=True, text=True,
+                          cwd=OUTSIDE, timeout=120)
+    assert proc.returncode == 0 and "usage: bench/throughput.py" in proc.stdout
+    unwrapped = "".join(proc.stdout.split())
+    assert str(bench / "results" / "throughput_cpu.json") in unwrapped   # the same result files as before
+
+
+def test_unknown_benchmark_is_refused(capsys):
+    assert main(["bench", "nope"]) == 2
+    assert "choose from throughput" in capsys.readouterr().err
+
+
+# ---- quiet engines -------------------------------------------------------------------------------
+
+ENGINE_VARS = ("VLLM_LOGGING_LEVEL", "VLLM_LOGGING_STREAM", "VLLM_LOGGING_CONFIG_PATH", "VLLM_CONFIGURE_LOGGING",
+               "TORCH_CPP_LOG_LEVEL", "PYTHONWARNINGS")
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    for var in ENGINE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CAST_VLLM_HOME", str(tmp_path / "home"))
+    yield monkeypatch
+    logging.getLogger("vllm").setLevel(logging.NOTSET)
+
+
+def test_quiet_engines_configures_vllm_for_every_process(clean_env):
+    from logging.config import dictConfig
+
+    from cast_vllm.logging_setup import quiet_engines
+
+    quiet_engines(verbose=False)
+    assert os.environ["VLLM_LOGGING_LEVEL"] == "WARNING"
+    assert os.environ["VLLM_LOGGING_STREAM"] == "ext://sys.stderr"
+    config = json.loads(Path(os.environ["VLLM_LOGGING_CONFIG_PATH"]).read_text())
+    assert config["loggers"]["vllm"]["level"] == "WARNING"
+    assert config["handlers"]["vllm"]["stream"] == "ext://sys.stderr"
+    dictConfig(config)              # what each vLLM process does with it: valid, and it collapses repeats
+    handler = logging.getLogger("vllm").handlers[0]
+    records = [logging.LogRecord("vllm.x", logging.WARNING, "w.py", 7, "weight %d", (i,), None) for i in range(10)]
+    passed = [r for r in records if handler.filter(r)]
+    assert len(passed) == 3 and "further messages like this one are not shown" in passed[-1].getMessage()
+    other = logging.LogRecord("vllm.x", logging.WARNING, "w.py", 8, "another site", None, None)
+    assert handler.filter(other)
+    logging.getLogger("vllm").handlers.clear()
+
+
+def test_verbose_and_user_settings_are_left_alone(clean_env):
+    from cast_vllm.logging_setup import quiet_engines
+
+    quiet_engines(verbose=True)
+    assert "VLLM_LOGGING_LEVEL" not in os.environ and "VLLM_LOGGING_CONFIG_PATH" not in os.environ
+    clean_env.setenv("VLLM_LOGGING_LEVEL", "DEBUG")
+    quiet_engines(verbose=False)
+    assert os.environ["VLLM_LOGGING_LEVEL"] == "DEBUG" and "VLLM_LOGGING_CONFIG_PATH" not in os.environ
+
+
+def test_generate_shows_no_vllm_info_lines(tiny_model_dir, tmp_path):
+    """One real run: stdout is the answer only; stderr has no INFO line from vLLM."""
+    env = {k: v for k, v in os.environ.items() if k not in ENGINE_VARS}
+    env["CAST_VLLM_HOME"] = str(tmp_path / "home")
+    proc = subprocess.run(CLI + ["generate", "--model", str(tiny_model_dir("llama")), "--prompt", "Hello",
+                                 "--max-tokens", "4", "--enforce-eager", "--dtype", "float32"],
+                          cwd=OUTSIDE, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.fullmatch(r"\[output\] 'Hello' -> '.*'\n", proc.stdout, re.S), proc.stdout[-3000:]
+    info = [line for line in proc.stderr.splitlines() if re.search(r"\bINFO\b", line) and "cast_vllm" not in line]
+    assert info == [], info[:10]
+    assert "Loading safetensors checkpoint shards" not in proc.stderr   # vLLM's weight-loading bar is off
