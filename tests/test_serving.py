@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_serving_plugin import CHECK_IDS, CHECKS
 
 API_KEY = "test-key-4f1c"
 MAX_TOKENS = 8
@@ -454,6 +455,12 @@ def test_api_key_enforced_on_every_route(server):
             assert http(server, method, path, key=key, **kw).status_code == 401, (key, method, path)
     assert http(server, "GET", "/health", key=None).status_code == 200
     assert http(server, "GET", "/v1/steering/vectors/v0").status_code == 200  # DELETE above was refused
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=CHECK_IDS)
+def test_same_checks_as_plain_vllm_serve(server, model_name, check):
+    """What test_serving_plugin.py checks on plain `vllm serve`, on `cast-vllm serve`: one server."""
+    check(server, API_KEY, model_name)
 
 
 def test_mixed_load_equals_offline_and_counts(server, model_name, refs):

@@ -36,9 +36,10 @@ def test_defaults_loopback_wrapper_settings_and_cpu_kv_cache(tiny_model_dir, tmp
     opts = _options(tiny_model_dir("llama"), tmp_path, max_steering_vectors=3, max_steering_scale=50.0)
     args = build_server_args(opts, [])
     assert args.host == "127.0.0.1" and args.port == 8000
-    assert args.hf_overrides == {"architectures": ["CastLlamaForCausalLM"],
-                                 "cast_vector_dirs": [opts.upload_dir, opts.vector_dir],
-                                 "cast_max_steering_vectors": 3, "cast_max_scale": 50.0}
+    assert args.hf_overrides == {"architectures": ["CastLlamaForCausalLM"], "cast_vector_dirs": [opts.vector_dir],
+                                 "cast_max_steering_vectors": 3, "cast_max_scale": 50.0,
+                                 "cast_upload_dir": opts.upload_dir, "cast_max_upload_bytes": 16 << 20,
+                                 "cast_max_uploaded_vectors": 256, "cast_max_concurrent_uploads": 4}
     assert args.worker_extension_cls == WORKER_EXTENSION
     assert args.kv_cache_memory_bytes == DEFAULT_CPU_KV_CACHE_BYTES
 
@@ -85,29 +86,75 @@ EXPOSED = "WITHOUT an API key"
     ("localhost", [], False),
 ])
 def test_exposed_bind_without_api_key_warns(tiny_model_dir, tmp_path, monkeypatch, caplog, host, argv, warns):
-    """Anyone who can reach the address may replace vectors: say so at start-up."""
+    """Anyone who can reach the address may replace vectors: the endpoint plugin says so at start-up."""
     import logging
 
+    from cast_vllm.serving.access import warn_if_exposed
     from cast_vllm.serving.server import build_server_args
 
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
-    with caplog.at_level(logging.WARNING, logger="cast_vllm.serving.server"):
-        build_server_args(_options(tiny_model_dir("llama"), tmp_path, host=host), argv)
+    args = build_server_args(_options(tiny_model_dir("llama"), tmp_path, host=host), argv)
+    with caplog.at_level(logging.WARNING, logger="cast_vllm.serving.access"):
+        assert warn_if_exposed(args) == warns
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and EXPOSED in r.getMessage()]
     assert bool(warnings) == warns, [r.getMessage() for r in caplog.records]
     if warns:
         assert host in warnings[0].getMessage()
 
 
-def test_vllm_api_key_env_counts_as_a_key(tiny_model_dir, tmp_path, monkeypatch, caplog):
+def test_plain_vllm_serve_default_bind_warns(monkeypatch, caplog):
+    """vLLM's own default host (None: every interface) without a key."""
     import logging
+    from argparse import Namespace
 
+    from cast_vllm.serving.access import warn_if_exposed
+
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    with caplog.at_level(logging.WARNING, logger="cast_vllm.serving.access"):
+        assert warn_if_exposed(Namespace(host=None, api_key=None, uds=None))
+    assert "every interface" in caplog.text
+
+
+def test_vllm_api_key_env_counts_as_a_key(tiny_model_dir, tmp_path, monkeypatch):
+    from cast_vllm.serving.access import warn_if_exposed
     from cast_vllm.serving.server import build_server_args
 
     monkeypatch.setenv("VLLM_API_KEY", "from-env")
-    with caplog.at_level(logging.WARNING, logger="cast_vllm.serving.server"):
-        build_server_args(_options(tiny_model_dir("llama"), tmp_path, host="0.0.0.0"), [])
-    assert not [r for r in caplog.records if EXPOSED in r.getMessage()]
+    assert not warn_if_exposed(build_server_args(_options(tiny_model_dir("llama"), tmp_path, host="0.0.0.0"), []))
+
+
+def test_vllm_plugins_names_the_endpoint_plugin_and_keeps_the_rest():
+    """vLLM loads endpoint plugins only when VLLM_PLUGINS names them, and then only what it names."""
+    from cast_vllm.serving.server import plugin_allowlist
+
+    unset = plugin_allowlist(None).split(",")
+    assert "cast_vllm" in unset
+    assert "lora_filesystem_resolver" in unset, "general plugins vLLM loads by default stay loaded"
+    assert plugin_allowlist("") == "cast_vllm"
+    assert plugin_allowlist("a, cast_vllm") == "a,cast_vllm"
+    assert plugin_allowlist("a") == "a,cast_vllm"
+
+
+@pytest.mark.parametrize("key,value", [("cast_max_upload_bytes", 0), ("cast_max_uploaded_vectors", -1),
+                                       ("cast_max_concurrent_uploads", "4"), ("cast_max_upload_bytes", True)])
+def test_plain_vllm_serve_settings_are_checked(key, value):
+    """Under plain `vllm serve` the limits come from hf_overrides; a bad one stops the start-up, named."""
+    from types import SimpleNamespace
+
+    from cast_vllm.engine.settings import ServingSettings
+
+    with pytest.raises(ValueError, match=f"{key} must be an integer >= 1"):
+        ServingSettings.from_hf_config(SimpleNamespace(**{key: value}))
+
+
+def test_serving_settings_round_trip_through_overrides():
+    from types import SimpleNamespace
+
+    from cast_vllm.engine.settings import ServingSettings
+
+    s = ServingSettings("/up", 10, 2, 1)
+    assert ServingSettings.from_hf_config(SimpleNamespace(**s.to_overrides())) == s
+    assert ServingSettings.from_hf_config(SimpleNamespace()) == ServingSettings()
 
 
 def test_unsupported_architecture_is_named(tmp_path):

@@ -1,7 +1,8 @@
 """``cast-vllm serve``: vLLM's OpenAI-compatible server with per-request steering.
 
 Options not listed here are vLLM server options and go to vLLM unchanged (``--api-key``,
-``--dtype``, ``--max-model-len``, ``--enforce-eager``, ...).
+``--dtype``, ``--max-model-len``, ``--enforce-eager``, ...). Ours become ``cast_*`` keys of
+``hf_overrides``, the same keys a plain ``vllm serve`` user writes (``serving.server``).
 """
 
 import logging
@@ -11,9 +12,10 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(p):
-    from cast_vllm.engine.settings import DEFAULT_MAX_SCALE, DEFAULT_MAX_STEERING_VECTORS
-    from cast_vllm.serving.server import (DEFAULT_HOST, DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_UPLOAD_BYTES,
-                                          DEFAULT_MAX_UPLOADED_VECTORS, DEFAULT_PORT)
+    from cast_vllm.engine.settings import (DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_SCALE,
+                                           DEFAULT_MAX_STEERING_VECTORS, DEFAULT_MAX_UPLOAD_BYTES,
+                                           DEFAULT_MAX_UPLOADED_VECTORS)
+    from cast_vllm.serving.server import DEFAULT_HOST, DEFAULT_PORT
 
     p.add_argument("--model", default=None,
                    help="model folder, hub id or embedded model name (default: smollm2-135m, prepared if needed)")

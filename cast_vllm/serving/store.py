@@ -17,8 +17,8 @@ from cast_vllm.vectors import VectorFileError, check_vector_name
 class ServingVectorStore(VectorStore):
     """``VectorStore`` with an upload directory first and a set of names unloaded by ``DELETE``."""
 
-    def __init__(self, upload_dir: str | Path, vector_dir: str | Path, blob_dir: str | Path | None = None):
-        super().__init__([upload_dir, vector_dir], blob_dir=blob_dir)
+    def __init__(self, upload_dir: str | Path, vector_dirs, blob_dir: str | Path | None = None):
+        super().__init__([upload_dir, *vector_dirs], blob_dir=blob_dir)
         self.hidden: set[str] = set()
 
     @property
@@ -43,7 +43,7 @@ class ServingVectorStore(VectorStore):
             return None
 
     def uploaded_names(self) -> set[str]:
-        """Names with a file in the upload directory (what ``--max-uploaded-vectors`` counts)."""
+        """Names with a file in the upload directory (what ``cast_max_uploaded_vectors`` counts)."""
         return {p.stem for suffix in SUFFIXES for p in self.upload_dir.glob(f"*{suffix}") if p.is_file()}
 
     def source_of(self, path: Path) -> str:
