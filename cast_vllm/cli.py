@@ -77,15 +77,29 @@ def _peek(argv: list[str]) -> tuple[bool, str | None]:
 
 
 def _missing_dependency(exc: ModuleNotFoundError) -> int:
-    """vLLM (or PyTorch) missing: how to install it, instead of a traceback."""
+    """vLLM, or another of our dependencies, missing: how to install it, instead of a traceback."""
     root = (exc.name or "").split(".")[0]
     if root == "vllm":
         print(f"cast-vllm: {VLLM_INSTALL_HINT}", file=sys.stderr)
-    elif root in {"torch", "transformers"}:
-        print(f"cast-vllm: {root} is not installed; it comes with vLLM:\n{VLLM_INSTALL_HINT}", file=sys.stderr)
+    elif _declared_dependency(root):
+        print(f"cast-vllm: {root} is not installed, although cast-vllm depends on it (installed with --no-deps?); "
+              f"install cast-vllm with its dependencies:\n{VLLM_INSTALL_HINT}", file=sys.stderr)
     else:
         raise exc
     return 1
+
+
+def _declared_dependency(module: str) -> bool:
+    import re
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        names = {re.split(r"[\s;<>=!~\[]", r, maxsplit=1)[0].lower().replace("-", "_")
+                 for r in requires("cast-vllm") or []}
+    except PackageNotFoundError:
+        return False
+    module = module.lower()
+    return module in names or {"yaml": "pyyaml", "torch": "torch"}.get(module) in names
 
 
 if __name__ == "__main__":

@@ -88,11 +88,15 @@ def test_wheel_in_a_bare_venv_runs_the_cli_and_says_how_to_install_vllm(wheel, t
         out = _check([cli, "bench", name, "--help"], cwd=tmp_path).stdout
         assert f"usage: cast-vllm bench {name}" in out
         assert str(tmp_path / "bench-results") in "".join(out.split())   # the cwd, not inside site-packages
-    proc = subprocess.run([cli, "generate", "--model", "smollm2-135m", "--prompt", "hi"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "vLLM is not installed" in proc.stderr and "--extra-index-url https://download.pytorch.org/whl/cpu" \
-        in proc.stderr and "pip uninstall -y torchvision torchaudio torchcodec" in proc.stderr
+    for command in (["generate", "--model", "smollm2-135m", "--prompt", "hi"], ["serve"]):
+        proc = subprocess.run([cli, *command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert "vLLM is not installed" in proc.stderr and "--extra-index-url https://download.pytorch.org/whl/cpu" \
+            in proc.stderr and "pip uninstall -y torchvision torchaudio torchcodec" in proc.stderr
+    proc = subprocess.run([cli, "eval", "--source", "a", "--target", "b", "--task", "sentiment"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)   # numpy is missing here too
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "numpy is not installed, although cast-vllm depends on it" in proc.stderr
     api = subprocess.run([python, "-c", "import cast_vllm\ntry:\n    cast_vllm.SteeredLLM\n"
                           "except ModuleNotFoundError as exc:\n    print(type(exc).__name__, exc.name, exc)"],
                          capture_output=True, text=True, timeout=60)
