@@ -132,7 +132,7 @@ def test_bad_options_are_refused(tiny, movies, tmp_path):
         extract(ExtractOptions(model=tiny, sources=[movies], **{**SMALL, "pool_size": 4}))
     with pytest.raises(ValueError, match="layer 9 out of range"):
         extract(ExtractOptions(model=tiny, sources=[movies], **{**SMALL, "layers": "9"}))
-    with pytest.raises(ValueError, match="neither a folder nor an embedded model"):
+    with pytest.raises(ValueError, match="neither a folder .*, a hub id .* nor an embedded model"):
         extract(ExtractOptions(model=str(tmp_path / "none"), sources=[movies], **SMALL))
 
 
