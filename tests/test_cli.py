@@ -140,7 +140,7 @@ def test_unknown_benchmark_is_refused(capsys):
 # ---- quiet engines -------------------------------------------------------------------------------
 
 ENGINE_VARS = ("VLLM_LOGGING_LEVEL", "VLLM_LOGGING_STREAM", "VLLM_LOGGING_CONFIG_PATH", "VLLM_CONFIGURE_LOGGING",
-               "TORCH_CPP_LOG_LEVEL", "PYTHONWARNINGS")
+               "TORCH_CPP_LOG_LEVEL", "PYTHONWARNINGS", "RAY_DEDUP_LOGS")
 
 
 @pytest.fixture
