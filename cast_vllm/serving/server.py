@@ -127,6 +127,9 @@ def run(options: ServeOptions, vllm_argv: list[str]) -> int:
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.logger import configure_logging_from_args
 
+    from cast_vllm.engine.plugin import register
+
+    register(strict=True)  # an unsupported vLLM: a clear error now, not a failed start-up later
     if not Path(options.vector_dir).is_dir():
         raise ServeError(f"--vector-dir {options.vector_dir} is not a directory")
     os.environ["VLLM_PLUGINS"] = plugin_allowlist(os.environ.get("VLLM_PLUGINS"))
