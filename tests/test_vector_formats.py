@@ -391,9 +391,14 @@ def _vectors(draw, hidden):
                            for layer in layers})
 
 
-def _close(x: SteeringVector, y: SteeringVector) -> bool:
-    return x.layers == y.layers and all(torch.allclose(x.directions[i], y.directions[i], rtol=1e-6, atol=1e-4)
+def _close(x: SteeringVector, y: SteeringVector, scale: float = 1.0) -> bool:
+    """Equal up to float32 rounding of inputs of magnitude ``scale`` (cancellation included)."""
+    return x.layers == y.layers and all(torch.allclose(x.directions[i], y.directions[i], rtol=0, atol=1e-5 * scale)
                                         for i in x.layers)
+
+
+def _magnitude(*vectors: SteeringVector) -> float:
+    return 1.0 + max(float(t.abs().max()) for v in vectors for t in v.directions.values())
 
 
 @settings(max_examples=60, deadline=None)
@@ -401,13 +406,15 @@ def _close(x: SteeringVector, y: SteeringVector) -> bool:
        st.floats(-8, 8, allow_nan=False), st.floats(-8, 8, allow_nan=False))
 def test_arithmetic_is_linear(pair, s, t):
     a, b = pair
-    assert _close((a + b) * 2, 2 * a + 2 * b)
-    assert _close(a - b, a + (-1) * b)
-    assert _close(a + b, b + a)
-    assert _close(combine([(a, s), (b, t)]), s * a + t * b)
-    assert _close((a + b) * s, s * a + s * b)
+    m = _magnitude(a, b)
+    k = m * max(1.0, abs(s), abs(t))
+    assert _close((a + b) * 2, 2 * a + 2 * b, 2 * m)
+    assert _close(a - b, a + (-1) * b, m)
+    assert _close(a + b, b + a, m)
+    assert _close(combine([(a, s), (b, t)]), s * a + t * b, k)
+    assert _close((a + b) * s, s * a + s * b, k)
     if abs(s) > 1e-3:
-        assert _close((a * s) / s, a)
+        assert _close((a * s) / s, a, m)
     for layer in set(a.layers) | set(b.layers):                # the union rule, layer by layer
         expected = sum(v.directions[layer].double() * w for v, w in ((a, s), (b, t)) if layer in v.directions)
-        assert torch.allclose(combine([(a, s), (b, t)]).directions[layer], expected.float(), atol=1e-4)
+        assert torch.allclose(combine([(a, s), (b, t)]).directions[layer], expected.float(), rtol=0, atol=1e-5 * k)
