@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_models import random_vector
 from test_serving_plugin import CHECK_IDS, CHECKS
 
 API_KEY = "test-key-4f1c"
@@ -114,16 +115,6 @@ def _reference_main(model: str, vector_dir: str, out: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Fixtures
 # ---------------------------------------------------------------------------------------------
-def _vector(seed: int, hidden: int = 64, layers=range(4)):
-    import torch
-
-    from cast_vllm import SteeringVector
-
-    g = torch.Generator().manual_seed(seed)
-    return SteeringVector({layer: torch.randn(hidden, generator=g) for layer in layers},
-                          metadata={"model": "tiny-llama", "method": "random-test"})
-
-
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     import torch
@@ -134,12 +125,12 @@ def dirs(tmp_path_factory):
     served.mkdir()
     offline.mkdir()
     for i in range(4):
-        _vector(i).save(served / f"v{i}.safetensors")
+        random_vector(i).save(served / f"v{i}.safetensors")
         shutil.copy(served / f"v{i}.safetensors", offline / f"v{i}.safetensors")
-    _vector(10).save(served / "busy.safetensors")
-    _vector(20).save(offline / "up.safetensors")          # uploaded to the server by a test
-    _vector(30, hidden=32).save(served / "small.safetensors")
-    _vector(31, layers=[9]).save(served / "deep.safetensors")
+    random_vector(10).save(served / "busy.safetensors")
+    random_vector(20).save(offline / "up.safetensors")          # uploaded to the server by a test
+    random_vector(30, hidden=32).save(served / "small.safetensors")
+    random_vector(31, layers=[9]).save(served / "deep.safetensors")
     bad = torch.randn(64)
     bad[3] = float("nan")
     save_file({"layer.0": bad}, str(served / "nan.safetensors"), metadata={"format": "cast-vllm/1"})
@@ -343,8 +334,8 @@ def test_bad_uploads_are_refused(server, client, model_name, refs, dirs, tmp_pat
     from safetensors.torch import save as st_save
 
     marker = tmp_path / "unpickled"
-    wrong_hidden = _vector(40, hidden=32)
-    out_of_range = _vector(41, layers=[0, 9])
+    wrong_hidden = random_vector(40, hidden=32)
+    out_of_range = random_vector(41, layers=[0, 9])
     nan = torch.randn(64)
     nan[0] = float("inf")
     torch_zip = io.BytesIO()

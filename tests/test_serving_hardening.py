@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from tiny_models import random_vector
 
 MAX_TOKENS = 8
 # --allowed-origins '["*"]': the most permissive CORS an operator can configure (vLLM's default is none)
@@ -27,21 +28,11 @@ STEER = {"vector": "v0", "scale": 4.0}
 FOREIGN = "http://evil.example"
 
 
-def _vector(seed: int, hidden: int = 64, layers=range(4)):
-    import torch
-
-    from cast_vllm import SteeringVector
-
-    g = torch.Generator().manual_seed(seed)
-    return SteeringVector({layer: torch.randn(hidden, generator=g) for layer in layers},
-                          metadata={"model": "tiny-llama", "method": "random-test"})
-
-
 @pytest.fixture(scope="module")
 def vector_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("hardening-vectors")
     for i in range(2):
-        _vector(i).save(d / f"v{i}.safetensors")
+        random_vector(i).save(d / f"v{i}.safetensors")
     return d
 
 

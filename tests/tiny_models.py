@@ -60,3 +60,12 @@ def build_tiny_model(arch: str, out: Path, seed: int = 0) -> Path:
     model.save_pretrained(out)
     _tokenizer().save_pretrained(out)
     return out
+
+
+def random_vector(seed: int, hidden: int = 64, layers=range(4)):
+    """A reproducible random steering vector for the tiny models (server tests upload and steer with it)."""
+    from cast_vllm import SteeringVector
+
+    g = torch.Generator().manual_seed(seed)
+    return SteeringVector({layer: torch.randn(hidden, generator=g) for layer in layers},
+                          metadata={"model": "tiny-llama", "method": "random-test"})

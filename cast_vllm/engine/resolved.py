@@ -6,7 +6,7 @@ with ``resolved_of``. In-process it stays this object; across vLLM's process bou
 turns it into plain containers, which ``resolved_of`` rebuilds (and caches in place).
 
 A client can never supply it: every key in the ``cast_`` namespace of ``extra_args`` is refused
-at admission (HTTP 400), and admission always writes the key itself.
+at admission (``spec.RESERVED_PREFIX``, HTTP 400), and admission always writes the key itself.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from cast_vllm.spec import PHASE_GENERATED, PHASE_LAST_PROMPT, PHASE_PROMPT, phase_masks
 
 RESOLVED_KEY = "cast_resolved"
-RESERVED_PREFIX = "cast_"
 
 
 @dataclass(frozen=True)
