@@ -8,7 +8,8 @@ import importlib
 import sys
 
 from cast_vllm import __version__
-from cast_vllm.engine.vllm_compat import VLLM_INSTALL_HINT, UnsupportedVLLMError
+from cast_vllm.engine.vllm_compat import VLLM_INSTALL_HINT
+from cast_vllm.errors import CastVllmError
 from cast_vllm.logging_setup import configure_cli_logging
 
 DESCRIPTION = ("cast-vllm: CAST activation steering served by vLLM, with per-request steering vectors "
@@ -60,9 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(_load(args.command).run(args) or 0)
     except ModuleNotFoundError as exc:
         return _missing_dependency(exc)
-    except UnsupportedVLLMError as exc:   # the version guard (engine/vllm_compat.py)
-        print(f"cast-vllm: {exc}", file=sys.stderr)
-        return 1
+    except CastVllmError as exc:   # ours name the problem: the message, not a traceback
+        print(f"cast-vllm {command}: {exc}", file=sys.stderr)
+        return exit_code(exc)
+
+
+def exit_code(exc: CastVllmError) -> int:
+    """2 for input we refuse (a ValueError: bad option, file or model name), 1 for anything else
+    (an environment that cannot do it: a failed download, an unsupported vLLM)."""
+    return 2 if isinstance(exc, ValueError) else 1
 
 
 def _peek(argv: list[str]) -> tuple[bool, str | None]:

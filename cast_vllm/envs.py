@@ -43,11 +43,32 @@ VLLM_ENABLE_V1_MULTIPROCESSING = EnvVar("VLLM_ENABLE_V1_MULTIPROCESSING", "vLLM'
 VLLM_USE_V2_MODEL_RUNNER = EnvVar("VLLM_USE_V2_MODEL_RUNNER", "0 (set by us when unset)",
                                   "the runner hook targets vLLM's V1 model runner", ours=False)
 OMP_NUM_THREADS = EnvVar("OMP_NUM_THREADS", "unset", "threads of an engine started with --threads", ours=False)
+VLLM_PLUGINS = EnvVar("VLLM_PLUGINS", "unset (all)", "vLLM's plugin allow-list; cast-vllm serve adds cast_vllm to it",
+                      ours=False)
+# Logging: quiet commands set these before vLLM is imported (logging_setup.py)
+VLLM_CONFIGURE_LOGGING = EnvVar("VLLM_CONFIGURE_LOGGING", "vLLM's (1)", "0: the user configures vLLM's logging",
+                                ours=False)
+VLLM_LOGGING_LEVEL = EnvVar("VLLM_LOGGING_LEVEL", "WARNING for quiet commands", "vLLM's log level", ours=False)
+VLLM_LOGGING_STREAM = EnvVar("VLLM_LOGGING_STREAM", "ext://sys.stderr", "where vLLM logs", ours=False)
+VLLM_LOGGING_CONFIG_PATH = EnvVar("VLLM_LOGGING_CONFIG_PATH", "a config collapsing repeats (quiet commands)",
+                                  "vLLM's logging config file", ours=False)
+VLLM_LOGGING_PREFIX = EnvVar("VLLM_LOGGING_PREFIX", "unset", "vLLM's log line prefix", ours=False)
+TORCH_CPP_LOG_LEVEL = EnvVar("TORCH_CPP_LOG_LEVEL", "ERROR (quiet commands)", "torch's C++ warnings", ours=False)
+RAY_DEDUP_LOGS = EnvVar("RAY_DEDUP_LOGS", "1 (quiet commands)", "Ray collapses repeated worker logs", ours=False)
+HF_HUB_OFFLINE = EnvVar("HF_HUB_OFFLINE", "1 for servers we launch", "no hub lookups (models are local folders)",
+                        ours=False)
+TOKENIZERS_PARALLELISM = EnvVar("TOKENIZERS_PARALLELISM", "false in Ray actors",
+                                "HF tokenizers' own threads (off where workers already run in parallel)", ours=False)
+PYTHONWARNINGS = EnvVar("PYTHONWARNINGS", "FutureWarning/DeprecationWarning ignored (quiet commands)",
+                        "warning filters of child processes", ours=False)
 
 VARIABLES: tuple[EnvVar, ...] = (CAST_VLLM_HOME, CAST_VLLM_VECTOR_DIR, CAST_VLLM_DATA,
                                  CAST_VLLM_ALLOW_UNSUPPORTED_VLLM, RAY_ADDRESS, VLLM_CPU_KVCACHE_SPACE,
                                  VLLM_CPU_OMP_THREADS_BIND, VLLM_ENABLE_V1_MULTIPROCESSING,
-                                 VLLM_USE_V2_MODEL_RUNNER, OMP_NUM_THREADS)
+                                 VLLM_USE_V2_MODEL_RUNNER, OMP_NUM_THREADS, VLLM_PLUGINS, VLLM_CONFIGURE_LOGGING,
+                                 VLLM_LOGGING_LEVEL, VLLM_LOGGING_STREAM, VLLM_LOGGING_CONFIG_PATH,
+                                 VLLM_LOGGING_PREFIX, TORCH_CPP_LOG_LEVEL, RAY_DEDUP_LOGS, PYTHONWARNINGS, HF_HUB_OFFLINE,
+                                 TOKENIZERS_PARALLELISM)
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -55,6 +76,24 @@ _TRUE = {"1", "true", "yes", "on"}
 def get(var: EnvVar) -> str | None:
     """The variable's value, None when unset or empty."""
     return os.environ.get(var.name) or None
+
+
+def is_set(var: EnvVar) -> bool:
+    """Present in the environment, even if empty (the user chose it)."""
+    return var.name in os.environ
+
+
+def set_default(var: EnvVar, value: str) -> None:
+    os.environ.setdefault(var.name, value)
+
+
+def put(var: EnvVar, value: str) -> None:
+    os.environ[var.name] = value
+
+
+def snapshot() -> dict[str, str]:
+    """The whole environment, for a child process we start."""
+    return dict(os.environ)
 
 
 def flag(var: EnvVar) -> bool:
@@ -89,16 +128,16 @@ def cpu_kv_cache_space_set() -> bool:
 def use_cpu_engine_defaults() -> None:
     """Before a vLLM engine starts on the CPU: no core binding, so engines and tests can share
     the cores (a bound engine on a busy 2-core machine stalls)."""
-    os.environ.setdefault(VLLM_CPU_OMP_THREADS_BIND.name, "nobind")
+    set_default(VLLM_CPU_OMP_THREADS_BIND, "nobind")
 
 
 def use_v1_model_runner() -> None:
-    os.environ.setdefault(VLLM_USE_V2_MODEL_RUNNER.name, "0")
+    set_default(VLLM_USE_V2_MODEL_RUNNER, "0")
 
 
 def engine_in_process_default() -> None:
     """Engine cores started from now on run in this process unless the user said otherwise."""
-    os.environ.setdefault(VLLM_ENABLE_V1_MULTIPROCESSING.name, "0")
+    set_default(VLLM_ENABLE_V1_MULTIPROCESSING, "0")
 
 
 @contextmanager

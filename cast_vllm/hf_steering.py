@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import torch
 
+from cast_vllm.engine.architectures import decoder_layers
 from cast_vllm.spec import PHASE_GENERATED, PHASE_LAST_PROMPT, PHASE_PROMPT, POSITION_PHASES, SteeringComponent
 from cast_vllm.vectors import SteeringVector
 
@@ -25,8 +26,10 @@ def _phases(seq_len: int, prompt_len: int) -> torch.Tensor:
 
 @contextmanager
 def steering_hooks(model, components: list[tuple[SteeringComponent, SteeringVector]], prompt_len: int):
-    """Hooks on ``model.model.layers[i]`` that steer a batch of one sequence whose prompt has ``prompt_len`` tokens."""
+    """Hooks on decoder layer ``i`` (``model.model.layers[i]``, or the registry's path for the
+    model) that steer a batch of one sequence whose prompt has ``prompt_len`` tokens."""
     handles = []
+    decoder = decoder_layers(model)
     layers = sorted({layer for comp, vec in components for layer in (comp.layers or vec.layers)})
     for layer in layers:
         def hook(module, args, output, layer=layer):
@@ -48,7 +51,7 @@ def steering_hooks(model, components: list[tuple[SteeringComponent, SteeringVect
                 steered = torch.where(touched, steered * ratio, h)
             steered = steered.to(hidden.dtype)
             return (steered, *output[1:]) if isinstance(output, tuple) else steered
-        handles.append(model.model.layers[layer].register_forward_hook(hook))
+        handles.append(decoder[layer].register_forward_hook(hook))
     try:
         yield
     finally:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from cast_vllm import envs
 
 
 def cast_home() -> Path:
     """The cache root: ``$CAST_VLLM_HOME``, default ``~/.cache/cast-vllm``."""
-    root = os.environ.get("CAST_VLLM_HOME") or os.path.join(Path.home(), ".cache", "cast-vllm")
-    path = Path(root).expanduser().resolve()
+    path = Path(envs.home()).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 import weakref
@@ -11,6 +10,7 @@ import weakref
 from vllm import LLM
 from vllm.outputs import RequestOutput
 
+from cast_vllm import envs
 from cast_vllm.engine.architectures import wrapper_for
 from cast_vllm.engine.settings import DEFAULT_MAX_SCALE, DEFAULT_MAX_STEERING_VECTORS, SteeringSettings
 from cast_vllm.receipt import SteeringReceipt
@@ -51,7 +51,7 @@ class SteeredLLM(LLM):
         kwargs["hf_overrides"] = {**(kwargs.get("hf_overrides") or {}), "architectures": [wrapper],
                                   **settings.to_overrides()}
         kwargs.setdefault("worker_extension_cls", "cast_vllm.engine.worker_extension.SteeringWorkerExtension")
-        if _cpu_only() and "kv_cache_memory_bytes" not in kwargs and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        if _cpu_only() and "kv_cache_memory_bytes" not in kwargs and not envs.cpu_kv_cache_space_set():
             kwargs["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
         super().__init__(model=model, **kwargs)
         self.llm_engine.input_processor._cast_receipts = {}  # request id -> ResolvedSteering (hooks.py)

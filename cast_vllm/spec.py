@@ -12,8 +12,10 @@ import json
 import math
 from dataclasses import dataclass
 
+from cast_vllm.errors import CastVllmError
+from cast_vllm.kernels.modes import MODES
+
 POSITIONS = ("all", "prompt", "generated", "last_prompt")
-MODES = ("add", "norm_preserving")
 FLAT_FIELDS = {"steering_scale": "scale", "steering_layers": "layers",
                "steering_positions": "positions", "steering_mode": "mode"}
 SPEC_FIELDS = ("vector", "scale", "layers", "positions", "mode")
@@ -37,7 +39,7 @@ POSITION_PHASES = {
 }
 
 
-class SteeringSpecError(ValueError):
+class SteeringSpecError(CastVllmError, ValueError):
     """A steering spec that cannot be served; the message names the problem."""
 
 

@@ -1,17 +1,14 @@
-"""Steering vector files: safetensors (our format) and GGUF control vectors (llama.cpp, repeng).
+"""``SteeringVector`` and its own file format (safetensors, ``layer.<i>``), read strictly.
 
 Layer numbering follows DESIGN.md: layer ``i`` is the output of decoder layer ``i`` (0-based),
-HF ``output_hidden_states[i + 1]``. GGUF ``direction.<n>`` is our layer ``n``, as in the peers:
-llama.cpp adds ``direction.il`` at the end of 0-based block ``il`` (and refuses a file holding
-``direction.0``: it never steers block 0); repeng and EasySteer write ``direction.{layer}``.
-cast-vllm 0.1.0 wrote ``direction.<layer + 1>``; its files are still read that way (see load_gguf).
+HF ``output_hidden_states[i + 1]``. GGUF control vectors live in ``gguf_vectors.py``, the peers'
+other formats in ``vector_formats.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import numbers
 import re
 import struct
@@ -22,9 +19,8 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from cast_vllm.atomic import atomic_write, atomic_write_bytes
-
-logger = logging.getLogger(__name__)
+from cast_vllm.atomic import atomic_write_bytes
+from cast_vllm.errors import CastVllmError
 
 FORMAT = "cast-vllm/1"
 #: vector names (DESIGN.md): plain ASCII file stems, matched whole (``$`` let "name\n" through)
@@ -40,16 +36,10 @@ MAX_HEADER_BYTES = 1 << 20
 #: tensor dtypes a vector file may use, by safetensors name; all become float32 on load
 FILE_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 _LAYER_KEY_RE = re.compile(r"layer\.(0|[1-9][0-9]*)")
-_GGUF_KEY_RE = re.compile(r"direction\.(0|[1-9][0-9]*)")
 #: our GGUF metadata namespace; 0.1.0 files carry it too, with whatever metadata the vector had
-GGUF_PREFIX = "cast_vllm."
-#: written by every export after 0.1.0: ``direction.<n>`` is layer ``n``. Files with ``cast_vllm.*``
-#: fields but no marker come from 0.1.0, which wrote ``direction.<layer + 1>``
-GGUF_LAYER_BASE_KEY = GGUF_PREFIX + "gguf_layer_base"
-GGUF_LAYER_BASE = "0"
 
 
-class VectorFileError(ValueError):
+class VectorFileError(CastVllmError, ValueError):
     """A vector file or vector that cannot be used; the message names the problem."""
 
 
@@ -79,7 +69,7 @@ def check_metadata(metadata: Mapping, where: str = "vector") -> dict[str, str]:
     return dict(metadata)
 
 
-def _index_from_key(key: str, pattern: re.Pattern, where: str, expected: str, limit: int) -> int:
+def index_from_key(key: str, pattern: re.Pattern, where: str, expected: str, limit: int) -> int:
     """The number in a canonical tensor name (ASCII digits, no leading zeros), below ``limit``."""
     m = pattern.fullmatch(key) if isinstance(key, str) else None
     if not m:
@@ -223,87 +213,19 @@ class SteeringVector:
         except VectorFileError as exc:
             raise VectorFileError(f"{where}: {exc}") from None
 
-    # ---- GGUF control vectors ---------------------------------------------------------
+    # ---- GGUF control vectors (gguf_vectors.py) ------------------------------------------
     def save_gguf(self, path: str | Path, arch: str | None = None) -> Path:
-        """llama.cpp / repeng control vector: F32 tensors ``direction.<layer>``; atomic like ``save``.
+        """llama.cpp / repeng control vector ``direction.<layer>`` (layer 0 left out: llama.cpp refuses it)."""
+        from cast_vllm.gguf_vectors import write_gguf
 
-        Layer 0 is left out with a warning: llama.cpp refuses a whole file that holds
-        ``direction.0`` (it never steers block 0), so writing it would make the file useless there.
-        """
-        path = Path(path)
-        meta = check_metadata({k: v for k, v in self.metadata.items() if GGUF_PREFIX + k != GGUF_LAYER_BASE_KEY},
-                              where=str(path))
-        layers = [layer for layer in self.layers if layer != 0]
-        if not layers:
-            raise VectorFileError(f"{path}: a GGUF control vector cannot hold only layer 0 (llama.cpp never "
-                                  "steers block 0 and refuses 'direction.0'); save it as .safetensors")
-        if 0 in self.directions:
-            logger.warning("%s: layer 0 left out of the GGUF control vector (llama.cpp refuses a file with "
-                           "'direction.0'); layers written: %s", path, layers)
-
-        def write(tmp: Path) -> None:
-            import gguf
-
-            writer = gguf.GGUFWriter(str(tmp), "controlvector")
-            try:
-                writer.add_string("controlvector.model_hint", arch or meta.get("model_type", "llama"))
-                writer.add_uint32("controlvector.layer_count", len(layers))   # tensors, as repeng and llama.cpp
-                for key, value in meta.items():
-                    writer.add_string(GGUF_PREFIX + key, value)
-                writer.add_string(GGUF_LAYER_BASE_KEY, GGUF_LAYER_BASE)
-                for layer in layers:
-                    writer.add_tensor(f"direction.{layer}", self.directions[layer].numpy().astype(np.float32))
-                writer.write_header_to_file()
-                writer.write_kv_data_to_file()
-                writer.write_tensors_to_file()
-            finally:
-                writer.close()
-
-        return atomic_write(path, write)
+        return write_gguf(self, path, arch)
 
     @classmethod
     def load_gguf(cls, path: str | Path) -> "SteeringVector":
-        """``direction.<n>`` is layer ``n`` (``direction.0`` too: repeng may write it), except in
-        files from cast-vllm 0.1.0, which are read as that version wrote them, with a warning."""
-        import gguf
+        """``direction.<n>`` is layer ``n``; files of cast-vllm 0.1.0 are read as it wrote them."""
+        from cast_vllm.gguf_vectors import read_gguf
 
-        try:
-            reader = gguf.GGUFReader(str(path))
-        except Exception as exc:
-            raise VectorFileError(f"{path} is not a readable GGUF file: {exc}") from exc
-        file_meta = _gguf_metadata(reader, gguf, path)
-        base = file_meta.pop(GGUF_LAYER_BASE_KEY[len(GGUF_PREFIX):], None)
-        if base is not None and base != GGUF_LAYER_BASE:
-            raise VectorFileError(f"{path}: {GGUF_LAYER_BASE_KEY} is {base!r}; this version reads only "
-                                  f"{GGUF_LAYER_BASE!r} (direction.<n> is layer n)")
-        shift = 1 if base is None and file_meta else 0    # ours, without the marker: written by 0.1.0
-        directions = {}
-        for tensor in reader.tensors:
-            if not tensor.name.startswith("direction."):
-                continue
-            n = _index_from_key(tensor.name, _GGUF_KEY_RE, str(path), "'direction.<n>'", MAX_LAYERS + shift)
-            if n < shift:
-                raise VectorFileError(f"{path}: {tensor.name} in a cast-vllm 0.1.0 file (cast_vllm.* metadata, "
-                                      f"no {GGUF_LAYER_BASE_KEY}); 0.1.0 never wrote direction.0")
-            if tensor.tensor_type != gguf.GGMLQuantizationType.F32:
-                raise VectorFileError(f"{path}: {tensor.name} is {tensor.tensor_type.name}, expected F32")
-            data = np.array(tensor.data, dtype=np.float32)
-            if data.ndim != 1:
-                raise VectorFileError(f"{path}: {tensor.name} has shape {list(data.shape)}; expected [hidden]")
-            directions[n - shift] = torch.from_numpy(data)
-        if not directions:
-            raise VectorFileError(f"{path} holds no 'direction.<n>' tensors: not a control vector")
-        if shift:
-            logger.warning("%s was written by cast-vllm 0.1.0 (cast_vllm.* metadata, no %s): reading "
-                           "direction.<n> as layer n - 1, as 0.1.0 wrote it (layers %s). Re-save it to get the "
-                           "llama.cpp/repeng convention, direction.<n> = layer n.", path, GGUF_LAYER_BASE_KEY,
-                           sorted(directions))
-        metadata = {"format": FORMAT, "method": "gguf-import", "source_file": Path(path).name}
-        metadata.update(file_meta)
-        try:
-            return cls(directions, check_metadata(metadata, str(path)))
-        except VectorFileError as exc:
-            raise VectorFileError(f"{path}: {exc}") from None
+        return read_gguf(path)
 
     # ---- arithmetic: repeng's ControlVector operators; results record method="combine" ----------
     #: numpy scalars on the left (``np.float32(2) * v``) defer to __rmul__ instead of broadcasting
@@ -402,7 +324,7 @@ def _check_entries(header: dict, where: str) -> dict[str, int]:
         raise VectorFileError(f"{where} holds {len(header)} tensors, the limit is {MAX_LAYERS}")
     layers = {}
     for key, entry in header.items():
-        layers[key] = _index_from_key(key, _LAYER_KEY_RE, where, "'layer.<i>'", MAX_LAYERS)
+        layers[key] = index_from_key(key, _LAYER_KEY_RE, where, "'layer.<i>'", MAX_LAYERS)
         if not isinstance(entry, dict):
             raise VectorFileError(f"{where} tensor {key!r}: malformed header entry {entry!r:.60}")
         dtype, shape = entry.get("dtype"), entry.get("shape")
@@ -413,18 +335,3 @@ def _check_entries(header: dict, where: str) -> dict[str, int]:
             raise VectorFileError(f"{where} tensor {key!r} has shape {shape!r:.60}; expected [hidden]: "
                                   "one dimension, not empty")
     return layers
-
-
-def _gguf_metadata(reader, gguf, path) -> dict[str, str]:
-    """Our ``cast_vllm.*`` string fields back into metadata."""
-    out = {}
-    for field in reader.fields.values():
-        if not field.name.startswith(GGUF_PREFIX):
-            continue
-        if field.types != [gguf.GGUFValueType.STRING]:
-            raise VectorFileError(f"{path}: metadata field {field.name} is not a string")
-        try:
-            out[field.name[len(GGUF_PREFIX):]] = bytes(field.parts[field.data[0]]).decode()
-        except UnicodeDecodeError as exc:
-            raise VectorFileError(f"{path}: metadata field {field.name} is not UTF-8: {exc}") from None
-    return out

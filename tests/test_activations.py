@@ -9,7 +9,7 @@ from cast_vllm.method.activations import (
     ActivationError, HFActivationReader, ReaderConfig, VLLMActivationReader, encode_prompts, load_tokenizer,
     model_info, parse_layers,
 )
-from cast_vllm.method.probe_model import PROBE_ARCHITECTURES, ProbeError, probe_architecture_for
+from cast_vllm.engine.probe_model import PROBE_ARCHITECTURES, ProbeError, probe_architecture_for
 
 PROMPTS = [
     "I loved this movie, it was wonderful and moving.",
@@ -86,8 +86,9 @@ def test_parse_layers():
 
 
 def test_probe_registry_names():
-    assert set(PROBE_ARCHITECTURES) == {"CastProbeLlamaForCausalLM", "CastProbeQwen2ForCausalLM",
-                                        "CastProbeQwen3ForCausalLM"}
+    assert set(PROBE_ARCHITECTURES) == {"CastProbeLlamaForCausalLM", "CastProbeMistralForCausalLM",
+                                        "CastProbeQwen2ForCausalLM", "CastProbeQwen3ForCausalLM",
+                                        "CastProbeGemma3ForCausalLM"}
     assert probe_architecture_for(["Qwen2ForCausalLM"]) == "CastProbeQwen2ForCausalLM"
     with pytest.raises(ProbeError, match="no activation probe"):
         probe_architecture_for(["GPT2LMHeadModel"])

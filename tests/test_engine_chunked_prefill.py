@@ -1,11 +1,9 @@
 """Position policies hold when a long prompt is split across steps (chunked prefill)."""
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from tiny_models import random_vector
 from vllm import SamplingParams
 
-from cast_vllm import SteeredLLM, SteeringVector
 from cast_vllm.hf_steering import greedy_generate
 from cast_vllm.spec import parse_steering
 
@@ -19,25 +17,21 @@ SPECS = [
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_model_dir):
-    model_dir = tiny_model_dir("llama")
-    vec = SteeringVector({i: torch.randn(64, generator=torch.Generator().manual_seed(7)) for i in range(4)})
-    llm = SteeredLLM(str(model_dir), dtype="float32", enforce_eager=True, max_model_len=512, max_num_seqs=4,
-                     max_num_batched_tokens=32, enable_chunked_prefill=True)
-    llm.register_vector("A", vec)
-    yield llm, model_dir, vec
-    del llm
+def setup(steered_llm):
+    vec = random_vector(7)
+    llm = steered_llm(vectors={"A": vec}, max_model_len=512, max_num_seqs=4, max_num_batched_tokens=32,
+                      enable_chunked_prefill=True)
+    return llm, vec
 
 
-def test_policies_across_prefill_chunks(setup):
-    llm, model_dir, vec = setup
-    tok = AutoTokenizer.from_pretrained(model_dir)
+def test_policies_across_prefill_chunks(setup, hf_llama):
+    llm, vec = setup
+    hf, tok = hf_llama
     ids = tok(PROMPT)["input_ids"]
     assert len(ids) > 3 * 32, "the prompt must span several prefill chunks"
     outs = llm.generate([PROMPT] * len(SPECS),
                         [SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, extra_args={"steering": s})
                          for s in SPECS], use_tqdm=False)
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     for spec, out in zip(SPECS, outs):
         comps = parse_steering({"steering": spec})
         assert list(out.outputs[0].token_ids) == greedy_generate(hf, ids, 6, [(c, vec) for c in comps])[0], spec

@@ -1,11 +1,9 @@
 """The vLLM engine steers exactly like the HF forward-hook reference, per request, in one batch."""
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from vllm import LLM, SamplingParams
+from tiny_models import random_vector
+from vllm import SamplingParams
 
-from cast_vllm import SteeredLLM, SteeringVector
 from cast_vllm.hf_steering import greedy_generate
 from cast_vllm.spec import parse_steering
 
@@ -17,16 +15,7 @@ PROMPTS = [
     "Question: What is two plus two? Answer:",
     "This film was terrible, boring and",
 ]
-ENGINE_KW = dict(dtype="float32", enforce_eager=True, max_model_len=256, max_num_seqs=16, seed=0)
-
-
-def make_vectors(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "A": SteeringVector({i: torch.randn(64, generator=g) for i in range(4)}, {"method": "test"}),
-        "B": SteeringVector({1: torch.randn(64, generator=g), 2: torch.randn(64, generator=g)}, {"method": "test"}),
-        "C": SteeringVector({i: torch.randn(64, generator=g) for i in range(4)}, {"method": "test"}),
-    }
+ENGINE_KW = dict(max_num_seqs=16)   # the steered and the plain engine: the same settings
 
 
 MIXED = [
@@ -40,28 +29,13 @@ MIXED = [
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_model_dir):
-    return tiny_model_dir("llama")
-
-
-@pytest.fixture(scope="module")
 def vectors():
-    return make_vectors()
+    return {"A": random_vector(0), "B": random_vector(1, layers=[1, 2]), "C": random_vector(2)}
 
 
 @pytest.fixture(scope="module")
-def engine(model_dir, vectors):
-    llm = SteeredLLM(str(model_dir), **ENGINE_KW)
-    for name, vec in vectors.items():
-        llm.register_vector(name, vec)
-    yield llm
-    del llm
-
-
-@pytest.fixture(scope="module")
-def hf(model_dir):
-    return (AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval(),
-            AutoTokenizer.from_pretrained(model_dir))
+def engine(steered_llm, vectors):
+    return steered_llm(vectors=vectors, **ENGINE_KW)
 
 
 def params(spec):
@@ -81,10 +55,10 @@ def run_mixed(llm):
              [lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)]) for o in outs]
 
 
-def test_mixed_batch_matches_hf_reference(engine, hf, vectors):
+def test_mixed_batch_matches_hf_reference(engine, hf_llama, vectors):
     got = run_mixed(engine)
     for prompt, spec, (tokens, logprobs) in zip(PROMPTS, MIXED, got):
-        ref_tokens, ref_logprobs = reference(hf, vectors, prompt, spec)
+        ref_tokens, ref_logprobs = reference(hf_llama, vectors, prompt, spec)
         assert tokens == ref_tokens, f"tokens differ for spec {spec}"
         assert logprobs == pytest.approx(ref_logprobs, abs=2e-3), f"logprobs differ for spec {spec}"
 
@@ -97,13 +71,9 @@ def test_steering_changes_output(engine):
     assert all(changed[1:]), "every steered request should differ from its unsteered run"
 
 
-def test_unsteered_bit_identical_to_plain_engine(engine, model_dir):
+def test_unsteered_bit_identical_to_plain_engine(engine, steered_llm):
     mixed = run_mixed(engine)
-    plain = LLM(str(model_dir), **ENGINE_KW)
-    try:
-        outs = plain.generate(PROMPTS[:1], params(None), use_tqdm=False)
-    finally:
-        del plain
+    outs = steered_llm(plain=True, **ENGINE_KW).generate(PROMPTS[:1], params(None), use_tqdm=False)
     assert list(outs[0].outputs[0].token_ids) == mixed[0][0]
     ref_lp = [lp[t].logprob for lp, t in zip(outs[0].outputs[0].logprobs, outs[0].outputs[0].token_ids)]
     assert ref_lp == mixed[0][1]  # bitwise, not approximately

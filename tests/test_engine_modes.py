@@ -8,10 +8,8 @@ import sys
 import textwrap
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from tiny_models import ENGINE_DEFAULTS, random_vector, save_vectors
 
-from cast_vllm import SteeringVector
 from cast_vllm.hf_steering import greedy_generate
 from cast_vllm.spec import parse_steering
 
@@ -23,9 +21,8 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     from vllm import LLM, SamplingParams
     def main():
-        model, vector_dir, specs, prompts, eager = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]), sys.argv[5] == "1"
-        llm = LLM(model, dtype="float32", max_model_len=256, max_num_seqs=8, enforce_eager=eager,
-                  kv_cache_memory_bytes=1 << 28,
+        model, vector_dir, specs, prompts, engine_kw = sys.argv[1], sys.argv[2], *map(json.loads, sys.argv[3:6])
+        llm = LLM(model, **engine_kw,
                   hf_overrides={"architectures": ["CastLlamaForCausalLM"], "cast_vector_dirs": [vector_dir]})
         params = [SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, extra_args=None if s is None else {"steering": s})
                   for s in specs]
@@ -37,17 +34,12 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_model_dir, tmp_path_factory):
-    d = tmp_path_factory.mktemp("modes")
-    g = torch.Generator().manual_seed(3)
-    vecs = {"A": SteeringVector({i: torch.randn(64, generator=g) for i in range(4)}),
-            "B": SteeringVector({1: torch.randn(64, generator=g), 2: torch.randn(64, generator=g)})}
-    for name, vec in vecs.items():
-        vec.save(d / f"{name}.safetensors")
+def setup(tiny_model_dir, hf_llama, tmp_path_factory):
+    vecs = {"A": random_vector(3), "B": random_vector(4, layers=[1, 2])}
+    d = save_vectors(tmp_path_factory.mktemp("modes"), vecs)
     (d / "script.py").write_text(SCRIPT)
     model_dir = tiny_model_dir("llama")
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    hf, tok = hf_llama
     expected = []
     for prompt, spec in zip(PROMPTS, SPECS):
         comps = parse_steering({"steering": spec}) if spec else []
@@ -60,9 +52,10 @@ def test_mode_matches_reference(setup, mode):
     model_dir, d, expected = setup
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_CI_ENV": "1",
            "VLLM_CACHE_ROOT": str(d / "vllm-cache")}
-    eager = "1" if mode.startswith("eager") else "0"
+    engine_kw = {**ENGINE_DEFAULTS, "enforce_eager": mode.startswith("eager"), "kv_cache_memory_bytes": 1 << 28}
     proc = subprocess.run([sys.executable, str(d / "script.py"), str(model_dir), str(d), json.dumps(SPECS),
-                           json.dumps(PROMPTS), eager], capture_output=True, text=True, env=env, timeout=600)
+                           json.dumps(PROMPTS), json.dumps(engine_kw)], capture_output=True, text=True, env=env,
+                          timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     got = json.loads(lines[-1][len("RESULT "):])

@@ -1,48 +1,35 @@
 """Slot pressure (more distinct vectors than slots) and prefix-cache isolation."""
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from tiny_models import random_vector
 from vllm import SamplingParams
 
-from cast_vllm import SteeredLLM, SteeringVector
 from cast_vllm.hf_steering import greedy_generate
 from cast_vllm.spec import SteeringComponent
 
-KW = dict(dtype="float32", enforce_eager=True, max_model_len=512, max_num_seqs=16, seed=0,
-          enable_prefix_caching=True, block_size=32)
 LONG_PROMPT = " ".join(["The capital of France is Paris. I loved this movie, it was wonderful."] * 8)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_model_dir):
-    return tiny_model_dir("llama")
-
-
-@pytest.fixture(scope="module")
 def vectors():
-    g = torch.Generator().manual_seed(1)
-    return {f"v{i}": SteeringVector({layer: torch.randn(64, generator=g) for layer in range(4)}) for i in range(10)}
+    return {f"v{i}": random_vector(10 + i) for i in range(10)}
 
 
 @pytest.fixture(scope="module")
-def engine(model_dir, vectors):
-    llm = SteeredLLM(str(model_dir), max_steering_vectors=3, **KW)
-    for name, vec in vectors.items():
-        llm.register_vector(name, vec)
-    yield llm
-    del llm
+def engine(steered_llm, vectors):
+    """10 vectors, 3 slots; prefix caching with 32-token blocks."""
+    return steered_llm(vectors=vectors, max_steering_vectors=3, max_model_len=512, max_num_seqs=16,
+                       enable_prefix_caching=True, block_size=32)
 
 
 def sp(spec=None, n=6):
     return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True, extra_args=None if spec is None else {"steering": spec})
 
 
-def test_more_vectors_than_slots_all_complete_correctly(engine, model_dir, vectors):
+def test_more_vectors_than_slots_all_complete_correctly(engine, hf_llama, vectors):
     prompts = [f"hello world {i}, the quick brown" for i in range(10)]
     outs = engine.generate(prompts, [sp({"vector": f"v{i}", "scale": 2.0}) for i in range(10)], use_tqdm=False)
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    hf, tok = hf_llama
     for i, out in enumerate(outs):
         comp = SteeringComponent(vector=f"v{i}", scale=2.0)
         ref, _ = greedy_generate(hf, tok(prompts[i])["input_ids"], 6, [(comp, vectors[f"v{i}"])])
@@ -53,13 +40,13 @@ def test_more_vectors_than_slots_all_complete_correctly(engine, model_dir, vecto
     assert stats["slots"] == 3 and stats["loads"] >= 10 and stats["evictions"] >= 7
 
 
-def test_prefix_cache_never_shared_across_steering(engine, model_dir, vectors):
+def test_prefix_cache_never_shared_across_steering(engine, hf_llama, vectors):
     """Same long prompt: steered, unsteered, steered with another vector; each as if computed fresh."""
     sequence = [{"vector": "v1", "scale": 2.0}, None, {"vector": "v2", "scale": 2.0}, {"vector": "v1", "scale": 2.0}]
     got = [list(engine.generate([LONG_PROMPT], sp(s, 8), use_tqdm=False)[0].outputs[0].token_ids)
            for s in sequence]
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    ids = AutoTokenizer.from_pretrained(model_dir)(LONG_PROMPT)["input_ids"]
+    hf, tok = hf_llama
+    ids = tok(LONG_PROMPT)["input_ids"]
     for spec, tokens in zip(sequence, got):
         comps = [] if spec is None else [(SteeringComponent(**spec), vectors[spec["vector"]])]
         assert tokens == greedy_generate(hf, ids, 8, comps)[0], f"spec {spec}"

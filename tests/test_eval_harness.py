@@ -11,9 +11,10 @@ import json
 
 import pytest
 
+from cast_vllm.evaluation.config import EvalConfig, EvalConfigError
 from cast_vllm.evaluation.engine import EvalEngine
-from cast_vllm.evaluation.harness import EvalConfig, EvalConfigError, evaluate
 from cast_vllm.evaluation.methods import METHODS, MethodError
+from cast_vllm.evaluation.protocol import evaluate
 from cast_vllm.evaluation.report import render_markdown, write_report
 from cast_vllm.evaluation.splits import EvalDataError, normalise_text
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import SERVER_ARGS
 
 from cast_vllm import SteeringVector
 
@@ -76,9 +77,7 @@ def test_batch_offline(model, built_vector):
 def test_openai_client_session(model, built_vector, tmp_path):
     from cast_vllm.serving.launcher import ServerProcess
 
-    args = ["--dtype", "float32", "--max-model-len", "256", "--enforce-eager", "--block-size", "32",
-            "--uvicorn-log-level", "warning"]
-    with ServerProcess(model, str(tmp_path), args) as server:
+    with ServerProcess(model, str(tmp_path), SERVER_ARGS) as server:
         stdout = run([sys.executable, str(EXAMPLES / "openai_client.py"), "--url", server.url, "--vector",
                       str(built_vector), "--max-tokens", "6"])
     assert "uploaded example: 4 layers" in stdout

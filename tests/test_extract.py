@@ -8,10 +8,9 @@ import pytest
 import torch
 
 from cast_vllm.method.activations import HFActivationReader, ReaderConfig, encode_prompts, load_tokenizer
-from cast_vllm.method.build import (
-    ExtractionError, ExtractOptions, aggregate_differences, assign_demos, extract, extract_vector,
-    random_control_vector, similarity_weights,
-)
+from cast_vllm.method.cast_math import aggregate_differences, assign_demos, random_control_vector, similarity_weights
+from cast_vllm.method.options import ExtractionError, ExtractOptions
+from cast_vllm.method.pipeline import extract, extract_vector
 from cast_vllm.method.tasks import build_prompt, load_task
 from cast_vllm.vectors import SteeringVector
 

@@ -18,11 +18,9 @@ import pytest
 import torch
 
 from cast_vllm.kernels import steer_residual as sr
-from cast_vllm.kernels.steer_residual import (
-    steer_residual,
-    steer_residual_reference,
-    steer_residual_triton,
-)
+from cast_vllm.kernels.modes import MODE_ADD, MODE_IDS, MODE_NORM_PRESERVING
+from cast_vllm.kernels.modes import MODES as MODE_NAMES
+from cast_vllm.kernels.steer_residual import steer_residual_reference, steer_residual_triton, steering_fn
 
 IN_INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 interp_only = pytest.mark.skipif(
@@ -33,7 +31,7 @@ needs_triton = pytest.mark.skipif(sr.triton is None, reason="triton is not insta
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}
 
-# Row 0 is the zero row with the norm mode, to show the mode of slot 0 does not matter; row 3
+# Row 0 is the zero row with the norm mode (1), to show the mode of slot 0 does not matter; row 3
 # is a zero row in add mode. Slots past T hold an out-of-range index that must never be read.
 MODES = [1, 0, 1, 0, 1]
 ZERO_ROWS = (0, 3)
@@ -71,7 +69,7 @@ def naive_steer(hidden, residual, table, modes, token_slots):
         if not d.any():
             continue
         x, r = hidden[t].double(), residual[t].double()
-        if int(modes[slot]) == 0:
+        if int(modes[slot]) == MODE_ADD:
             out[t] = (r + d).to(residual.dtype)
         else:
             h = x + r
@@ -106,7 +104,7 @@ def test_reference_matches_naive_loop(num_tokens, hidden_size, dtype):
 def test_reference_preserves_the_stream_norm():
     hidden, residual, table, modes, slots = make_case(33, 576, torch.float32)
     out = steer_residual_reference(hidden, residual, table, modes, slots)
-    norm_rows = (modes[slots[:33].long()] == 1) & ~torch.isin(slots[:33], torch.tensor(ZERO_ROWS))
+    norm_rows = (modes[slots[:33].long()] == MODE_NORM_PRESERVING) & ~torch.isin(slots[:33], torch.tensor(ZERO_ROWS))
     assert norm_rows.any()
     torch.testing.assert_close(
         (hidden + out)[norm_rows].norm(dim=-1), (hidden + residual)[norm_rows].norm(dim=-1)
@@ -123,7 +121,25 @@ def test_reference_compiles_fullgraph_with_dynamic_tokens():
 
 def test_dispatch_uses_the_reference_off_cuda():
     case = make_case(7, 100, torch.bfloat16)
-    assert torch.equal(bits(steer_residual(*case)), bits(steer_residual_reference(*case)))
+    assert steering_fn(torch.device("cpu")) is steer_residual_reference is steering_fn("cpu")
+    assert torch.equal(bits(steering_fn(case[1].device)(*case)), bits(steer_residual_reference(*case)))
+
+
+def test_mode_ids_are_defined_once():
+    """The spec's names, the slot table's ids and the kernels' ids are the same objects."""
+    from cast_vllm import spec
+    from cast_vllm.engine import slot_table
+
+    assert MODE_IDS == {"add": 0, "norm_preserving": 1} and MODE_NAMES == ("add", "norm_preserving")
+    assert spec.MODES is MODE_NAMES and slot_table.MODE_IDS is MODE_IDS
+    assert (sr.MODE_ADD, sr.MODE_NORM_PRESERVING) == (MODE_ADD, MODE_NORM_PRESERVING)
+
+
+def test_fake_impl_has_the_output_shape():
+    """What torch.compile sees for the custom op: an uninitialised tensor like ``residual``."""
+    hidden, residual, table, modes, slots = make_case(7, 100, torch.bfloat16)
+    fake = sr._fake_steer_residual(hidden, residual, table, modes, slots)
+    assert fake.shape == residual.shape and fake.dtype == residual.dtype
 
 
 # --- the Triton kernel --------------------------------------------------------------------
@@ -202,5 +218,7 @@ def test_interp_kernel_one_launch_per_batch(interpreted_kernel, monkeypatch):
 @pytest.mark.parametrize("num_tokens,hidden_size", [(1, 64), (33, 576), (300, 896), (64, 4096)])
 def test_compiled_kernel_on_cuda(num_tokens, hidden_size, dtype):
     case = [t.cuda() for t in make_case(num_tokens, hidden_size, dtype)]
-    out = steer_residual(*case)
+    op = steering_fn(case[1].device)
+    assert op is not steer_residual_reference   # the registered custom op, torch.ops.cast_vllm.steer_residual
+    out = op(*case)
     assert_matches(out.cpu(), steer_residual_reference(*case).cpu(), case[1].cpu(), case[4].cpu())

@@ -68,9 +68,10 @@ def test_sdist_carries_the_tests_their_helpers_and_the_papers(sdist):
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
         pkg_info = tar.extractfile(f"cast_vllm-{VERSION}/PKG-INFO").read().decode()
     wanted = {"README.md", "LICENSE", "CHANGELOG.md", "MANIFEST.in", "pyproject.toml", "Makefile",
-              "cast_vllm/py.typed", "kernels/__init__.py", "kernels/steer_residual.py",
+              "cast_vllm/py.typed", "kernels/README.md", "cast_vllm/kernels/__init__.py",
+              "cast_vllm/kernels/modes.py", "cast_vllm/kernels/steer_residual.py",
               "tests/conftest.py", "tests/tiny_models.py"}
-    wanted |= {str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("*.py")}
+    wanted |= {str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("*.py") if "__pycache__" not in p.parts}
     wanted |= {str(p.relative_to(ROOT)) for p in (ROOT / "bench").glob("*.py")}
     wanted |= {str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*") if p.is_file()}
     assert wanted - names == set()
@@ -104,6 +105,8 @@ def test_wheel_in_a_bare_venv_runs_the_cli_and_says_how_to_install_vllm(wheel, t
     site = Path(_check([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
     assert (site / "cast_vllm" / "py.typed").is_file()
     assert (site / "cast_vllm" / "kernels" / "steer_residual.py").is_file()
+    assert (site / "cast_vllm" / "kernels" / "modes.py").is_file()
+    assert not (site / "kernels").exists()                   # no stray top-level package
     assert (site / "cast_vllm" / "benchmarks" / "throughput.py").is_file()
     (dist_info,) = site.glob("cast_vllm-*.dist-info")
     assert (dist_info / "licenses" / "LICENSE").read_text() == (ROOT / "LICENSE").read_text()

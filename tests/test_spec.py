@@ -1,6 +1,8 @@
-"""The per-request spec parser: every accepted form and every refusal."""
+"""The per-request spec parser: every accepted form, and every refusal (the `spec` cases of
+tests/bad_inputs.py)."""
 
 import pytest
+from bad_inputs import cases
 
 from cast_vllm.spec import SteeringComponent, SteeringSpecError, parse_steering, phase_masks, slots_needed
 
@@ -27,24 +29,11 @@ def test_defaults():
     assert (c.scale, c.layers, c.positions, c.mode) == (1.0, None, "all", "add")
 
 
-@pytest.mark.parametrize("extra,message", [
-    ({"steering": 3}, "must be a vector name"),
-    ({"steering": []}, "empty"),
-    ({"steering": {"scale": 1}}, "vector (the vector name) is required"),
-    ({"steering": {"vector": "v", "scale": True}}, "must be a number"),
-    ({"steering": {"vector": "v", "scale": "nan"}}, "finite"),
-    ({"steering": {"vector": "v", "layers": []}}, "non-empty list"),
-    ({"steering": {"vector": "v", "layers": [1, 1]}}, "duplicates"),
-    ({"steering": {"vector": "v", "layers": ["a"]}}, "list of ints"),
-    ({"steering": "[1,"}, "not valid JSON"),
-    ({"steering": [{"vector": "a"}, {"vector": "b"}], "steering_scale": 2}, "single vector"),
-    ({"steering": {"vector": "a", "scale": 1}, "steering_scale": 2}, "single vector"),
-    ({"steering_mode": "add"}, "without 'steering'"),
-])
-def test_refusals(extra, message):
-    with pytest.raises(SteeringSpecError, match="") as err:
-        parse_steering(extra)
-    assert message in str(err.value)
+@pytest.mark.parametrize("case", cases("spec"))
+def test_refusals(case):
+    with pytest.raises(SteeringSpecError) as err:
+        parse_steering(case.extra)
+    assert case.message in str(err.value)
 
 
 def test_phase_masks_and_slots():

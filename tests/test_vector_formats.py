@@ -256,21 +256,21 @@ def test_code_in_a_pickle_never_runs(tmp_path):
 
 
 def test_a_steering_vectors_object_with_unknown_fields_is_refused(tmp_path):
-    from cast_vllm.vector_formats import SteeringVectorsObject, _peer_pickle_module
+    from cast_vllm.peer_pickles import SteeringVectorsObject, peer_pickle_module
 
     obj = SteeringVectorsObject({1: torch.ones(4)})
     obj.multiplier = 3.0                                       # a field a later version might mean something by
     with open(tmp_path / "x.pt", "wb") as f:
-        torch.save(obj, f, pickle_module=_peer_pickle_module)
+        torch.save(obj, f, pickle_module=peer_pickle_module)
     with pytest.raises(VectorFileError, match=r"fields \['layer_activations', 'layer_type', 'multiplier'\]"):
         read_vector(tmp_path / "x.pt")
 
 
 def _pickled_control_vector(model_type, directions) -> bytes:
-    from cast_vllm.vector_formats import RepengControlVector, _PeerPickler
+    from cast_vllm.peer_pickles import PeerPickler, RepengControlVector
 
     buf = io.BytesIO()
-    _PeerPickler(buf, protocol=4).dump(RepengControlVector(model_type, directions))
+    PeerPickler(buf, protocol=4).dump(RepengControlVector(model_type, directions))
     return buf.getvalue()
 
 

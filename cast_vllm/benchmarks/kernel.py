@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 from cast_vllm.benchmarks import default_results_dir
+from cast_vllm.kernels.modes import MODE_ADD, MODE_NORM_PRESERVING   # torch-free, unlike the kernel
 
 # torch and the kernel load inside the functions, so `--help` works in any install.
-MODE_ADD, MODE_NORM_PRESERVING = 0, 1   # as in cast_vllm.kernels.steer_residual (checked in run)
-
 DEFAULT_TOKENS = [64, 256, 1024, 4096, 16384]
 DEFAULT_HIDDEN = [576, 4096]
 
@@ -81,10 +80,8 @@ def time_cpu_ms(fn, min_time_s: float = 0.5, max_runs: int = 20) -> float:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from cast_vllm.kernels import steer_residual as kernel
     from cast_vllm.kernels.steer_residual import steer_residual_reference, steer_residual_triton
 
-    assert (kernel.MODE_ADD, kernel.MODE_NORM_PRESERVING) == (MODE_ADD, MODE_NORM_PRESERVING)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     mode = MODE_NORM_PRESERVING if args.mode == "norm_preserving" else MODE_ADD

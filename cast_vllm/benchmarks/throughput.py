@@ -23,6 +23,7 @@ import statistics
 import time
 from pathlib import Path
 
+from cast_vllm import envs
 from cast_vllm.benchmarks import default_results_dir
 
 PROMPT_WORDS = ("the movie was a quiet and thoughtful story about friendship and loss in a small town "
@@ -52,9 +53,9 @@ def prompts(batch: int) -> list[str]:
 def main(argv=None, *, prog: str = "cast-vllm bench throughput", results_dir: Path | None = None) -> int:
     """Run the benchmark; ``results_dir``: where the default ``--out`` goes (default_results_dir())."""
     args = parse_args(argv, prog, results_dir)
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # see the module docstring
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))  # vLLM would drop to 1 thread
+    envs.use_cpu_engine_defaults()
+    envs.put(envs.VLLM_ENABLE_V1_MULTIPROCESSING, "0")  # see the module docstring
+    envs.set_default(envs.OMP_NUM_THREADS, str(os.cpu_count()))  # vLLM would drop to 1 thread
     import torch
     from vllm import LLM, SamplingParams
 

@@ -14,11 +14,10 @@ items); the full measurement is ``cast-vllm eval --suite default``.
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 
-logger = logging.getLogger("cast_vllm.demo")
+from cast_vllm import envs
 
 GENERATION_PROMPTS = [
     "Text: The battery died after two days and support never answered.\nSentiment:",
@@ -42,10 +41,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    import os
-
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")   # one process: less memory
+    envs.use_cpu_engine_defaults()
+    envs.engine_in_process_default()   # one process: less memory
     from cast_vllm.commands.eval import cpu_threads
 
     with cpu_threads(args.threads):
@@ -55,8 +52,9 @@ def run(args) -> int:
 def _run(args) -> int:
     from vllm import SamplingParams
 
-    from cast_vllm.evaluation.engine import EvalEngine
-    from cast_vllm.evaluation.harness import EvalConfig, evaluate
+    from cast_vllm.evaluation.backend import open_backend
+    from cast_vllm.evaluation.config import EvalConfig
+    from cast_vllm.evaluation.protocol import evaluate
     from cast_vllm.evaluation.suite import default_data_dir
     from cast_vllm.evaluation.vader import vader_file
     from cast_vllm.model_zoo import PrepareModelError, resolve
@@ -77,8 +75,8 @@ def _run(args) -> int:
     print(f"      source {source}\n      target {target}")
     print(f"[3/4] CAST vector from movie snippets, evaluated on {args.target} "
           "(zero-shot vs cross-task ICL vs CAST, one engine) ...", flush=True)
-    engine = EvalEngine(model, max_model_len=2048, kv_cache_gib=0.5,
-                        use_tqdm_on_load=getattr(args, "verbose", False))
+    backend = open_backend(model, progress=progress, engine_kwargs={
+        "max_model_len": 2048, "kv_cache_gib": 0.5, "use_tqdm_on_load": getattr(args, "verbose", False)})
     try:
         cfg = EvalConfig(model=model, source=str(source), target=str(target), task="sentiment",
                          methods=("zero_shot", "icl", "cast", "random_vector"), seeds=1, n_test=args.n_test,
@@ -86,7 +84,7 @@ def _run(args) -> int:
                          alphas=(1.0, 2.0), layer_fractions=(0.2, 0.3), modes=("norm_preserving",),
                          positions=("last_prompt",), vary_width=False, latency_items=32, latency_batch=16,
                          latency_rounds=2, name=f"movies->{args.target}")
-        result = evaluate(cfg, engine=engine, progress=progress)
+        result = evaluate(cfg, engine=backend.engine, acts=backend.acts, progress=progress)
         print(_table(result))
         print("[4/4] greedy generations without / with the CAST vector (its dev-chosen setting) ...", flush=True)
         chosen = result["chosen"]
@@ -96,7 +94,7 @@ def _run(args) -> int:
                 "mode": chosen["mode"]}
         plain = SamplingParams(max_tokens=args.max_tokens, temperature=0.0)
         steered = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, extra_args={"steering": spec})
-        outs = engine.llm.generate(GENERATION_PROMPTS + GENERATION_PROMPTS,
+        outs = backend.engine.llm.generate(GENERATION_PROMPTS + GENERATION_PROMPTS,
                                    [plain] * len(GENERATION_PROMPTS) + [steered] * len(GENERATION_PROMPTS),
                                    use_tqdm=progress)
         n = len(GENERATION_PROMPTS)
@@ -107,7 +105,7 @@ def _run(args) -> int:
             print(f"    plain  {a.outputs[0].text.strip()[:90]!r}")
             print(f"    CAST   {b.outputs[0].text.strip()[:90]!r}")
     finally:
-        engine.close()
+        backend.close()
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s. Full measurement: cast-vllm eval --suite default "
           "(bench/results/transfer.md)")
     return 0

@@ -14,29 +14,29 @@ The default suite (writes bench/results/transfer.{json,md,png}; other models tra
 from __future__ import annotations
 
 import json
-import logging
 import sys
+from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
+from typing import Iterator
 
+from cast_vllm import envs
+from cast_vllm.commands.options import add_field, comma_list, given_fields
 from cast_vllm.model_zoo import DEFAULT_MODEL
 
-logger = logging.getLogger(__name__)
-
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
-def _strs(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+#: EvalConfig fields that name the pair (its own options, or the suite's pairs); every other
+#: field given on the command line is a setting shared by the pair or every suite pair
+PAIR_FIELDS = ("model", "source", "target", "task", "source_task", "methods", "name")
 
 
 def add_arguments(p) -> None:
+    from cast_vllm.evaluation.config import ABLATION_SETTINGS, EvalConfig
     from cast_vllm.evaluation.methods import METHODS
+    from cast_vllm.evaluation.scoring import CALIBRATIONS, SCORINGS
+
+    def setting(group, name: str, help: str, **kwargs):
+        """An option for an EvalConfig field; None when not given (the suite's defaults apply)."""
+        return add_field(group, EvalConfig, name, help, unset=True, **kwargs)
 
     p.add_argument("--suite", choices=("default",), default=None,
                    help="run the default transfer suite (ignores --source/--target/--task)")
@@ -44,38 +44,37 @@ def add_arguments(p) -> None:
     p.add_argument("--source", help="source task data file (JSONL or JSON list)")
     p.add_argument("--target", help="target task data file")
     p.add_argument("--task", help="target task format (sentiment, mc, pairs) or a YAML/JSON task file")
-    p.add_argument("--source-task", default=None, help="source task format or file (default: --task)")
+    add_field(p, EvalConfig, "source_task", "source task format or file (default: --task)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {','.join(METHODS)}")
     p.add_argument("--output", default=None, help="result JSON (one pair; default: print a summary only)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds of the source sample (default 3; suite 2)")
-    p.add_argument("--n-test", type=int, default=None, help="target test items (default 400; suite per family)")
-    p.add_argument("--n-dev", type=int, default=None, help="target dev items for selection (default 100)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the dev/test split (default 0)")
+    setting(p, "seeds", "seeds of the source sample", note="; suite 2")
+    setting(p, "n_test", "target test items", note="; suite per family")
+    setting(p, "n_dev", "target dev items for selection")
+    add_field(p, EvalConfig, "split_seed", "seed of the dev/test split")
     g = p.add_argument_group("method")
-    g.add_argument("--pool-size", type=int, default=None, help="source pool size (default 128; suite 48)")
-    g.add_argument("--num-selected", type=int, default=None, help="samples building a CAST vector (default 32)")
-    g.add_argument("--num-demos", type=int, default=None, help="demos per few-shot prompt when extracting (default 4)")
-    g.add_argument("--icl-shots", type=_ints, default=None, help="candidate k for icl/target_icl (default 1,2,4)")
-    g.add_argument("--alphas", type=_floats, default=None, help="alpha candidates, first = base (default 1,0.5,2,4)")
-    g.add_argument("--modes", type=_strs, default=None, help="steering modes to try (default norm_preserving,add)")
-    g.add_argument("--positions", type=_strs, default=None, help="position policies to try (default last_prompt,all)")
-    g.add_argument("--layer-fractions", type=_floats, default=None,
-                   help="window starts as fractions of depth (default 0.1,0.2,0.3,0.4,0.5)")
-    g.add_argument("--layer-width", type=int, default=None, help="window width (default depth/10)")
-    g.add_argument("--no-vary-width", action="store_true", help="skip the search's window-width stage")
-    g.add_argument("--tune-each-seed", action="store_true", help="search every seed's vector (default: seed 0's)")
-    g.add_argument("--ablation-settings", choices=("own", "cast"), default=None,
-                   help="cast_random_selection/mean_diff: own dev search (default) or CAST's setting (suite)")
-    g.add_argument("--calibration", choices=("none", "dev"), default=None,
-                   help="label scoring: none (default) or dev-set batch calibration for every method")
-    g.add_argument("--scoring", choices=("auto", "labels", "generate"), default=None,
-                   help="auto (default): label words for closed label sets, generation otherwise")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="generation scoring: tokens (default 8)")
-    g.add_argument("--latency-items", type=int, default=None, help="test items timed per method (default 64; suite 16)")
-    g.add_argument("--latency-batch", type=int, default=None, help="batch size of the latency phase (default 16)")
-    g.add_argument("--latency-rounds", type=int, default=None, help="timed passes over the latency items (default 3)")
+    setting(g, "pool_size", "source pool size", note="; suite 48")
+    setting(g, "num_selected", "samples building a CAST vector")
+    setting(g, "num_demos", "demos per few-shot prompt when extracting")
+    setting(g, "icl_shots", "candidate k for icl/target_icl")
+    setting(g, "alphas", "alpha candidates, first = base")
+    setting(g, "modes", "steering modes to try")
+    setting(g, "positions", "position policies to try")
+    setting(g, "layer_fractions", "window starts as fractions of depth")
+    setting(g, "layer_width", "window width (default depth/10)", type=int)
+    g.add_argument("--no-vary-width", dest="vary_width", action="store_false", default=None,
+                   help="skip the search's window-width stage")
+    add_field(g, EvalConfig, "tune_each_seed", "search every seed's vector (default: seed 0's)")
+    setting(g, "ablation_settings", "cast_random_selection/mean_diff: own dev search or CAST's setting",
+            choices=ABLATION_SETTINGS, note="; suite cast")
+    setting(g, "calibration", "label scoring: none, or dev-set batch calibration for every method",
+            choices=CALIBRATIONS)
+    setting(g, "scoring", "auto: label words for closed label sets, generation otherwise", choices=SCORINGS)
+    setting(g, "max_new_tokens", "generation scoring: tokens")
+    setting(g, "latency_items", "test items timed per method", note="; suite 16")
+    setting(g, "latency_batch", "batch size of the latency phase")
+    setting(g, "latency_rounds", "timed passes over the latency items")
     e = p.add_argument_group("suite and engine")
-    e.add_argument("--pairs", type=_strs, default=None, help="suite: only these pairs (names as in the report)")
+    e.add_argument("--pairs", type=comma_list(str), default=None, help="suite: only these pairs (names as in the report)")
     e.add_argument("--data-dir", default=None, help="suite: the shared data folder (default ../shared/data)")
     e.add_argument("--out-dir", default="bench/results", help="suite: where transfer*.{json,md,png} go")
     e.add_argument("--no-resume", action="store_true", help="suite: recompute pairs already in the JSON")
@@ -90,23 +89,11 @@ def add_arguments(p) -> None:
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-_OPTION_FIELDS = {"seeds": "seeds", "n_test": "n_test", "n_dev": "n_dev", "pool_size": "pool_size",
-                  "num_selected": "num_selected", "num_demos": "num_demos", "icl_shots": "icl_shots",
-                  "alphas": "alphas", "modes": "modes", "positions": "positions",
-                  "layer_fractions": "layer_fractions", "layer_width": "layer_width",
-                  "ablation_settings": "ablation_settings", "calibration": "calibration", "scoring": "scoring",
-                  "max_new_tokens": "max_new_tokens", "latency_items": "latency_items",
-                  "latency_batch": "latency_batch", "latency_rounds": "latency_rounds"}
+def _settings(args) -> dict:
+    """The EvalConfig settings given on the command line (not the pair's identity)."""
+    from cast_vllm.evaluation.config import EvalConfig
 
-
-def _overrides(args) -> dict:
-    out = {field: getattr(args, opt) for opt, field in _OPTION_FIELDS.items() if getattr(args, opt) is not None}
-    if args.tune_each_seed:
-        out["tune_each_seed"] = True
-    if args.no_vary_width:
-        out["vary_width"] = False
-    out["split_seed"] = args.split_seed
-    return out
+    return given_fields(args, EvalConfig, [f.name for f in fields(EvalConfig) if f.name not in PAIR_FIELDS])
 
 
 def _summary(result: dict) -> str:
@@ -123,51 +110,35 @@ def _summary(result: dict) -> str:
 
 
 def run(args) -> int:
-    import os
-
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    envs.use_cpu_engine_defaults()
     # engine core in this process: one process less (memory is the scarce resource on a shared
     # 24 GiB machine), and the evaluation waits on every batch anyway
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    envs.engine_in_process_default()
     with cpu_threads(args.threads):
         return _run(args)
 
 
-class cpu_threads:
-    """Run with ``n`` torch/OpenMP threads (the engine reads OMP_NUM_THREADS when it starts),
-    then restore the previous setting. Over-subscribed 2-core machines run a 135M model
-    faster on one thread: two threads spin-wait on each other while other jobs hold the cores."""
+@contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch/OpenMP threads (the engine reads OMP_NUM_THREADS when it starts;
+    0 leaves both alone), then restore the previous setting. Over-subscribed 2-core machines run
+    a 135M model faster on one thread: two threads spin-wait on each other while other jobs
+    hold the cores."""
+    import torch
 
-    def __init__(self, n: int):
-        self.n = n
-
-    def __enter__(self):
-        import os
-
-        import torch
-
-        self.saved = (os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads())
-        if self.n > 0:
-            os.environ["OMP_NUM_THREADS"] = str(self.n)
-            torch.set_num_threads(self.n)
-        return self
-
-    def __exit__(self, *exc):
-        import os
-
-        import torch
-
-        env, threads = self.saved
-        if env is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = env
-        torch.set_num_threads(threads)
-        return False
+    saved = torch.get_num_threads()
+    with envs.temporarily(envs.OMP_NUM_THREADS, str(n) if n > 0 else None):
+        if n > 0:
+            torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(saved)
 
 
 def _run(args) -> int:
-    from cast_vllm.evaluation.harness import EvalConfig, evaluate
+    from cast_vllm.evaluation.config import EvalConfig
+    from cast_vllm.evaluation.protocol import evaluate
     from cast_vllm.evaluation.suite import run_suite
 
     engine_kwargs = {"dtype": args.dtype, "max_model_len": args.max_model_len, "kv_cache_gib": args.kv_cache_gib}
@@ -187,7 +158,7 @@ def _run(args) -> int:
             return 0
         if args.suite:
             suite = run_suite(args.model, args.out_dir, data_dir=args.data_dir, pairs=args.pairs,
-                              overrides=_overrides(args), resume=not args.no_resume, progress=progress,
+                              overrides=_settings(args), resume=not args.no_resume, progress=progress,
                               engine_kwargs=engine_kwargs)
             for r in suite["pairs"]:
                 print(_summary(r), end="\n\n")
@@ -202,16 +173,15 @@ def _run(args) -> int:
             print(f"cast-vllm eval: --{', --'.join(missing)} required (or --suite default)", file=sys.stderr)
             return 2
         cfg = EvalConfig(model=args.model, source=args.source, target=args.target, task=args.task,
-                         source_task=args.source_task, methods=args.methods, **_overrides(args))
-        from cast_vllm.evaluation.engine import EvalEngine
-        from cast_vllm.model_zoo import resolve
+                         source_task=args.source_task, methods=args.methods, **_settings(args))
+        from cast_vllm.evaluation.backend import open_backend
 
         cfg.validate()
-        engine = EvalEngine(resolve(args.model), **engine_kwargs)
+        backend = open_backend(args.model, engine_kwargs=engine_kwargs, progress=progress)
         try:
-            result = evaluate(cfg, engine=engine, progress=progress)
+            result = evaluate(cfg, engine=backend.engine, acts=backend.acts, progress=progress)
         finally:
-            engine.close()
+            backend.close()
     except ValueError as exc:   # every error of ours names its problem
         print(f"cast-vllm eval: {exc}", file=sys.stderr)
         return 2

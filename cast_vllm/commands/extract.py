@@ -11,12 +11,23 @@ import logging
 import sys
 from pathlib import Path
 
+from cast_vllm.commands.options import add_field, field_default, given_fields, shown
+from cast_vllm.method.activations import BACKENDS
+from cast_vllm.method.options import AGGREGATES, ExtractOptions
+from cast_vllm.method.selection import SELECTION_RULES
 from cast_vllm.model_zoo import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
+#: ExtractOptions fields whose options are generated (same name, unit and default as the field)
+_FIELDS = ("layers", "num_selected", "num_demos", "selection", "workers", "seed", "pool_size", "selection_layer",
+           "neighbors", "diffusion_steps", "diffusion_runs", "aggregate", "chat", "target", "target_task",
+           "target_size", "similarity_threshold", "backend", "shard_size", "checkpoint_dir", "dtype", "batch_size",
+           "max_model_len")
+
 
 def add_arguments(p) -> None:
+    # model, sources and tasks have no field default (the CLI's model does; sources and tasks are required)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"model folder, hub id or embedded model name (default {DEFAULT_MODEL})")
     p.add_argument("--source", nargs="+", required=True, metavar="S",
@@ -25,41 +36,41 @@ def add_arguments(p) -> None:
                    help="task format (sentiment, mc, pairs) or a YAML/JSON task file; one for all sources or one each")
     p.add_argument("--out", required=True, help="output vector file (.safetensors, or .gguf for a control vector)")
     p.add_argument("--gguf", default=None, metavar="PATH", help="also export a GGUF control vector here")
-    p.add_argument("--layers", default="all", help="'all' (default), '5-10', '3,5,7'; negative counts from the end")
-    p.add_argument("--num-selected", type=int, default=64, help="source samples that build the vector (default 64)")
-    p.add_argument("--num-demos", type=int, default=4, help="demonstrations per few-shot prompt (default 4)")
-    p.add_argument("--selection", choices=("ideal", "random", "kmeans"), default="ideal",
-                   help="sample selection rule (default ideal: influence diffusion over a kNN graph)")
-    p.add_argument("--workers", type=int, default=1, help="Ray workers; > 1 starts Ray actors (default 1: in-process)")
-    p.add_argument("--seed", type=int, default=0)
+    add_field(p, ExtractOptions, "layers", "'all' (default), '5-10', '3,5,7'; negative counts from the end")
+    add_field(p, ExtractOptions, "num_selected", "source samples that build the vector")
+    add_field(p, ExtractOptions, "num_demos", "demonstrations per few-shot prompt")
+    add_field(p, ExtractOptions, "selection", "sample selection rule", choices=SELECTION_RULES,
+              note=": influence diffusion over a kNN graph")
+    add_field(p, ExtractOptions, "workers", "Ray workers; > 1 starts Ray actors", note=": in-process")
+    add_field(p, ExtractOptions, "seed", "seed of subsampling, selection and demonstrations")
     p.add_argument("--report", default=None, metavar="DIR", help="write analysis plots (PNG) and report.json here")
     p.add_argument("--compare", action="append", default=[], metavar="FILE[:TASK]",
                    help="extra task whose differences enter the report only (repeatable); TASK defaults to --task")
     g = p.add_argument_group("method")
-    g.add_argument("--pool-size", type=int, default=1000,
-                   help="candidates drawn (seeded) from each source before selection; 0 = all (default 1000)")
-    g.add_argument("--selection-layer", type=int, default=None, help="layer whose state embeds samples (default middle)")
-    g.add_argument("--neighbors", type=int, default=10, help="ideal: kNN graph neighbours (default 10)")
-    g.add_argument("--diffusion-steps", type=int, default=10, help="ideal: cascade steps (default 10)")
-    g.add_argument("--diffusion-runs", type=int, default=10, help="ideal: Monte Carlo cascades (default 10)")
-    g.add_argument("--aggregate", choices=("mean", "pca"), default="mean",
-                   help="mean difference (default) or its principal direction")
-    g.add_argument("--chat", action="store_true", help="render prompts with the tokenizer's chat template")
-    g.add_argument("--target", default=None, help="target task file: weights several sources by similarity to it")
-    g.add_argument("--target-task", default=None, help="task of --target (default: the first --task)")
-    g.add_argument("--target-size", type=int, default=200, help="target items used for its mean activation")
-    g.add_argument("--similarity-threshold", type=float, default=0.0,
-                   help="drop sources whose similarity to the target is below this")
+    add_field(g, ExtractOptions, "pool_size", "candidates drawn (seeded) from each source before selection; 0 = all")
+    add_field(g, ExtractOptions, "selection_layer", "layer whose state embeds samples (default middle)", type=int)
+    add_field(g, ExtractOptions, "neighbors", "ideal: kNN graph neighbours")
+    add_field(g, ExtractOptions, "diffusion_steps", "ideal: cascade steps")
+    add_field(g, ExtractOptions, "diffusion_runs", "ideal: Monte Carlo cascades")
+    add_field(g, ExtractOptions, "aggregate", "mean difference or its principal direction", choices=AGGREGATES)
+    add_field(g, ExtractOptions, "chat", "render prompts with the tokenizer's chat template")
+    add_field(g, ExtractOptions, "target", "target task file: weights several sources by similarity to it")
+    add_field(g, ExtractOptions, "target_task", "task of --target (default: the first --task)")
+    add_field(g, ExtractOptions, "target_size", "target items used for its mean activation")
+    add_field(g, ExtractOptions, "similarity_threshold", "drop sources whose similarity to the target is below this")
     e = p.add_argument_group("execution")
-    e.add_argument("--backend", choices=("vllm", "hf"), default="vllm",
-                   help="vllm pooling probe (default) or HF transformers hooks")
-    e.add_argument("--shard-size", type=int, default=64, help="prompts per shard (unit of work and checkpoint)")
-    e.add_argument("--checkpoint-dir", default=None, help="finished shards (default <out>.ckpt)")
+    add_field(e, ExtractOptions, "backend", "vllm pooling probe or HF transformers hooks", choices=BACKENDS)
+    add_field(e, ExtractOptions, "shard_size", "prompts per shard (unit of work and checkpoint)")
+    add_field(e, ExtractOptions, "checkpoint_dir", "finished shards (default <out>.ckpt)")
     e.add_argument("--keep-checkpoints", action="store_true", help="keep the checkpoint folder after success")
-    e.add_argument("--dtype", default="auto", help="model dtype (default: the checkpoint's)")
-    e.add_argument("--batch-size", type=int, default=8, help="HF backend: prompts per forward pass")
-    e.add_argument("--max-model-len", type=int, default=None, help="vLLM: longest prompt (default min(model, 4096))")
-    e.add_argument("--kv-cache-gib", type=float, default=0.5, help="vLLM: KV cache size in GiB (default 0.5)")
+    add_field(e, ExtractOptions, "dtype", "model dtype; auto: the checkpoint's")
+    add_field(e, ExtractOptions, "batch_size", "HF backend: prompts per forward pass")
+    add_field(e, ExtractOptions, "max_model_len", "vLLM: longest prompt (default min(model, 4096))", type=int)
+    # the field counts bytes; the CLI takes GiB
+    kv_gib = field_default(ExtractOptions, "kv_cache_bytes") / (1 << 30)
+    e.add_argument("--kv-cache-gib", type=float, default=kv_gib,
+                   help=f"vLLM: KV cache size in GiB (default {shown(kv_gib)})")
+    # the inverse of the field enforce_eager (default True): a flag turns the default off
     e.add_argument("--compile", action="store_true", help="vLLM: allow torch.compile / CUDA graphs (slower start)")
 
 
@@ -76,8 +87,8 @@ def _compare_specs(items: list[str], default_task: str) -> list[tuple[str, str]]
 
 
 def run(args) -> int:
-    from cast_vllm.method.build import ExtractOptions, extract
-    from cast_vllm.method.distributed import WorkerLostError
+    from cast_vllm.method.pipeline import extract
+    from cast_vllm.method.ray_workers import WorkerLostError
     from cast_vllm.vectors import VectorFileError
 
     out = Path(args.out)
@@ -86,14 +97,8 @@ def run(args) -> int:
         return 2
     ckpt = Path(args.checkpoint_dir) if args.checkpoint_dir else out.with_name(out.name + ".ckpt")
     options = ExtractOptions(
-        model=args.model, sources=args.source, tasks=args.task, layers=args.layers,
-        num_selected=args.num_selected, num_demos=args.num_demos, selection=args.selection, seed=args.seed,
-        pool_size=args.pool_size, selection_layer=args.selection_layer, neighbors=args.neighbors,
-        diffusion_steps=args.diffusion_steps, diffusion_runs=args.diffusion_runs, aggregate=args.aggregate,
-        chat=args.chat, target=args.target, target_task=args.target_task, target_size=args.target_size,
-        similarity_threshold=args.similarity_threshold, compare=_compare_specs(args.compare, args.task[0]),
-        backend=args.backend, workers=args.workers, shard_size=args.shard_size, checkpoint_dir=str(ckpt),
-        dtype=args.dtype, batch_size=args.batch_size, max_model_len=args.max_model_len,
+        model=args.model, sources=args.source, tasks=args.task, compare=_compare_specs(args.compare, args.task[0]),
+        **{**given_fields(args, ExtractOptions, _FIELDS), "checkpoint_dir": str(ckpt)},
         kv_cache_bytes=int(args.kv_cache_gib * (1 << 30)), enforce_eager=not args.compile,
     )
     try:

@@ -24,13 +24,9 @@ def add_arguments(p):
 def run(args) -> int:
     from cast_vllm import SteeredLLM
     from cast_vllm.engine.shutdown import shutdown_llm
-    from cast_vllm.model_zoo import PrepareModelError, resolve
+    from cast_vllm.model_zoo import resolve
 
-    try:
-        model = resolve(args.model)
-    except PrepareModelError as exc:
-        print(f"cast-vllm generate: {exc}", file=sys.stderr)
-        return 2
+    model = resolve(args.model)
     llm = SteeredLLM(model, vector_dir=args.vector_dir, dtype=args.dtype, enforce_eager=args.enforce_eager,
                      max_model_len=args.max_model_len or _default_max_len(model),
                      use_tqdm_on_load=getattr(args, "verbose", False))

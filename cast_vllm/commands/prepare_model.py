@@ -1,6 +1,4 @@
-import sys
-
-from cast_vllm.model_zoo import DEFAULT_MODEL, MODELS, PrepareModelError, prepare_model
+from cast_vllm.model_zoo import DEFAULT_MODEL, MODELS, prepare_model
 
 
 def add_arguments(p):
@@ -9,10 +7,5 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    try:
-        path = prepare_model(args.name, args.out)
-    except PrepareModelError as exc:
-        print(f"cast-vllm prepare-model: {exc}", file=sys.stderr)
-        return 1
-    print(path)
+    print(prepare_model(args.name, args.out))
     return 0

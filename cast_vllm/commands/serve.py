@@ -5,11 +5,6 @@ Options not listed here are vLLM server options and go to vLLM unchanged (``--ap
 ``hf_overrides``, the same keys a plain ``vllm serve`` user writes (``serving.server``).
 """
 
-import logging
-import sys
-
-logger = logging.getLogger(__name__)
-
 
 def add_arguments(p):
     from cast_vllm.engine.settings import (DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_SCALE,
@@ -40,14 +35,10 @@ def add_arguments(p):
 
 def run(args) -> int:
     from cast_vllm.engine.settings import default_vector_dir
-    from cast_vllm.model_zoo import PrepareModelError, resolve
-    from cast_vllm.serving.server import ServeError, ServeOptions, run as run_server
+    from cast_vllm.model_zoo import resolve
+    from cast_vllm.serving.server import ServeOptions, run as run_server
 
-    try:
-        model = resolve(args.model)
-    except PrepareModelError as exc:
-        print(f"cast-vllm serve: {exc}", file=sys.stderr)
-        return 1
+    model = resolve(args.model)
     options = ServeOptions(model=model, vector_dir=args.vector_dir or default_vector_dir(), host=args.host,
                            port=args.port, max_steering_vectors=args.max_steering_vectors,
                            max_steering_scale=args.max_steering_scale, upload_dir=args.upload_dir,
@@ -55,8 +46,5 @@ def run(args) -> int:
                            max_concurrent_uploads=args.max_concurrent_uploads)
     try:
         return run_server(options, list(getattr(args, "extra", None) or []))
-    except ServeError as exc:
-        print(f"cast-vllm serve: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 0

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 
 from cast_vllm.engine.resolved import ResolvedComponent, ResolvedSteering
 from cast_vllm.engine.settings import SteeringSettings
 from cast_vllm.spec import SteeringSpecError, parse_steering, slots_needed
 from cast_vllm.store import VectorStore
 from cast_vllm.vectors import VectorFileError
-
-logger = logging.getLogger(__name__)
 
 
 class Admission:

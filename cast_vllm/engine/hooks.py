@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
+
+from cast_vllm import envs
 
 logger = logging.getLogger(__name__)
 _MISSING = object()
@@ -24,7 +25,7 @@ _MISSING = object()
 
 def install() -> None:
     # The V2 model-state path cannot be tested on CPU machines; keep the tested V1 runner by default.
-    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    envs.use_v1_model_runner()
     _patch_admission()
     _patch_block_hasher()
     _patch_scheduler()

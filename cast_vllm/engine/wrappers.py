@@ -1,16 +1,17 @@
-"""The wrapper classes: stock vLLM model + steering state (slot table, slot manager, indexer)."""
+"""The steering wrapper classes: stock vLLM model + steering state (slot table, slot manager, indexer).
+
+``Cast<vllm_class>`` for every entry of the architecture registry, built on first attribute
+access (module ``__getattr__``), which is how vLLM's lazy registry resolves
+``"cast_vllm.engine.wrappers:CastLlamaForCausalLM"``; architectures registered later work the same way.
+"""
 
 from __future__ import annotations
 
-import logging
-
-from cast_vllm.engine.architectures import BASES, base_class
+from cast_vllm.engine.architectures import Architecture, decoder_layers, lookup
 from cast_vllm.engine.runner_hook import StepIndexer
 from cast_vllm.engine.settings import SteeringSettings
 from cast_vllm.engine.slot_manager import SlotManager
 from cast_vllm.engine.slot_table import SlotTable
-
-logger = logging.getLogger(__name__)
 
 
 class SteeringState:
@@ -18,7 +19,7 @@ class SteeringState:
 
     def __init__(self, model, vllm_config):
         settings = SteeringSettings.from_hf_config(vllm_config.model_config.hf_config)
-        layers = model.model.layers
+        layers = decoder_layers(model)
         sched = vllm_config.scheduler_config
         capture = getattr(vllm_config.compilation_config, "max_cudagraph_capture_size", None) or 0
         max_tokens = max(sched.max_num_batched_tokens, capture, sched.max_num_seqs)
@@ -29,8 +30,8 @@ class SteeringState:
         self.indexer = StepIndexer(self.table, self.manager)
 
 
-def _make_wrapper(name: str):
-    base = base_class(name)
+def _make_wrapper(arch: Architecture):
+    base = arch.base_class()
 
     def __init__(self, *, vllm_config, prefix: str = "", **kwargs):
         base.__init__(self, vllm_config=vllm_config, prefix=prefix, **kwargs)
@@ -41,13 +42,19 @@ def _make_wrapper(name: str):
 
         return SteeringModelState
 
-    return type(name, (base,), {"__init__": __init__, "get_model_state_cls": get_model_state_cls,
-                                "__module__": __name__,
-                                "__doc__": f"{base.__name__} with per-request steering."})
+    return type(arch.wrapper, (base,), {"__init__": __init__, "get_model_state_cls": get_model_state_cls,
+                                        "cast_architecture": arch, "__module__": __name__,
+                                        "__qualname__": arch.wrapper,
+                                        "__doc__": f"{base.__name__} with per-request steering."})
 
 
-for _name in BASES:
-    try:
-        globals()[_name] = _make_wrapper(_name)
-    except (ImportError, AttributeError) as exc:  # a vLLM build without this architecture
-        logger.debug("steering wrapper %s unavailable: %s", _name, exc)
+_CLASSES: dict[str, type] = {}
+
+
+def __getattr__(name: str):
+    arch = lookup([name])
+    if arch is None or name != arch.wrapper or arch.steering_gap:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _CLASSES:
+        _CLASSES[name] = _make_wrapper(arch)
+    return _CLASSES[name]

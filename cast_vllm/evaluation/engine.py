@@ -15,16 +15,17 @@ prove that no test item ever reaches a hyper-parameter selection call.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from cast_vllm import envs
 from cast_vllm.engine.shutdown import shutdown_llm
+from cast_vllm.errors import CastVllmError
 from cast_vllm.evaluation.scoring import LabelSet, label_logprobs
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(CastVllmError, ValueError):
     """A prompt does not fit the engine's context."""
 
 
@@ -58,14 +59,14 @@ class EvalEngine:
     def __init__(self, model: str, *, max_model_len: int = 2048, max_steering_vectors: int = 32,
                  kv_cache_gib: float = 0.5, dtype: str = "float32", enforce_eager: bool = True,
                  enable_prefix_caching: bool = False, **engine_kwargs):
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        envs.use_cpu_engine_defaults()
         from cast_vllm import SteeredLLM
 
         self.model = str(model)
         self.max_model_len = max_model_len
         kwargs = dict(dtype=dtype, max_model_len=max_model_len, enforce_eager=enforce_eager,
                       enable_prefix_caching=enable_prefix_caching, max_steering_vectors=max_steering_vectors)
-        if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        if not envs.cpu_kv_cache_space_set():
             kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
         kwargs.update(engine_kwargs)
         self.llm = SteeredLLM(self.model, **kwargs)
@@ -73,12 +74,10 @@ class EvalEngine:
         self.num_layers = self.llm.num_layers
         self.hidden_size = self.llm.hidden_size
         self.audit: list[AuditEntry] = []
-        self._registered: dict[str, str] = {}
 
     # ---- vectors --------------------------------------------------------------------------
     def register(self, name: str, vector) -> str:
         self.llm.register_vector(name, vector)
-        self._registered[name] = vector.metadata.get("method", "")
         return name
 
     # ---- tokens ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from cast_vllm.errors import CastVllmError
 from cast_vllm.method.tasks import TaskItem, TaskSpec, plain_prompt
 
 METHODS = ("zero_shot", "icl", "cast", "cast_random_selection", "mean_diff", "random_vector", "target_icl")
@@ -42,7 +43,7 @@ DESCRIPTIONS = {
 }
 
 
-class MethodError(ValueError):
+class MethodError(CastVllmError, ValueError):
     """An unknown method or an unusable method list."""
 
 

@@ -9,7 +9,6 @@ model's report (the findings compare the models).
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,6 @@ from typing import Any
 import numpy as np
 
 from cast_vllm.evaluation.methods import METHODS
-
-logger = logging.getLogger(__name__)
 
 GOAL_POINTS = 4.2          # CAST average >= zero-shot + 4.2 points (issue 6)
 GOAL_LATENCY_CUT = 0.37    # CAST per-query latency >= 37% below cross-task ICL

@@ -21,22 +21,20 @@ the stripped text starts with the gold output, case-insensitively, at a word bou
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
+from cast_vllm.errors import CastVllmError
 from cast_vllm.method.tasks import LETTERS, TaskItem, TaskSpec
-
-logger = logging.getLogger(__name__)
 
 CALIBRATIONS = ("none", "dev")
 SCORINGS = ("auto", "labels", "generate")
 
 
-class ScoringError(ValueError):
+class ScoringError(CastVllmError, ValueError):
     """Answers cannot be scored as asked (clashing label tokens, missing log-probabilities)."""
 
 

@@ -24,10 +24,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
+from cast_vllm.errors import CastVllmError
 from cast_vllm.spec import MODES, POSITIONS
 
 
-class SearchError(ValueError):
+class SearchError(CastVllmError, ValueError):
     """A search space that cannot be searched (empty, out-of-range layers, bad values)."""
 
 
@@ -45,10 +46,6 @@ class Setting:
     def to_dict(self) -> dict:
         return {"layers": list(self.layers), "alpha": float(self.alpha), "mode": self.mode,
                 "positions": self.positions}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Setting":
-        return cls(tuple(int(x) for x in d["layers"]), float(d["alpha"]), d["mode"], d["positions"])
 
 
 @dataclass(frozen=True)

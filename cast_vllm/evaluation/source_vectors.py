@@ -1,9 +1,9 @@
 """Steering vectors of the evaluated methods, built from one source pool.
 
-Reuses the CAST pipeline's pieces (``cast_vllm.method``: prompts, HF activation reader,
-selection, demonstration assignment, aggregation, random control) but reads the pool's
-zero-shot activations once and keeps them, so several seeds and vector kinds cost only their
-few-shot passes. Per kind, for a seed ``s``:
+Runs the CAST pipeline's core (``cast_vllm.method.source_shift``: selection, demonstrations,
+few-shot minus zero-shot) but reads through an ``ActivationCache`` that keeps the pool's
+zero-shot activations, so several seeds and vector kinds cost only their few-shot passes. Per
+kind, for a seed ``s``:
 
 - ``cast``: ``num_selected`` samples chosen by IDEAL influence diffusion (``selection.py``)
   on the pool's zero-shot state at the selection layer; each gets ``num_demos``
@@ -31,14 +31,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from cast_vllm.method.build import aggregate_differences, assign_demos, random_control_vector
-from cast_vllm.method.selection import select_samples
-from cast_vllm.method.tasks import TaskItem, TaskSpec, build_prompt
+from cast_vllm.method.cast_math import aggregate_differences, random_control_vector
+from cast_vllm.method.source_shift import ZERO_SHOT, ShiftSettings, StateReader, source_shift
+from cast_vllm.method.tasks import TaskItem, TaskSpec, build_prompts
 from cast_vllm.vectors import SteeringVector
 
 logger = logging.getLogger(__name__)
 
 VECTOR_KINDS = ("cast", "cast_random_selection", "mean_diff", "random_vector")
+#: the selection rule behind each kind built from differences (None: the whole pool)
+_SELECTION = {"cast": "ideal", "cast_random_selection": "random", "mean_diff": None}
 
 
 @dataclass
@@ -106,12 +108,16 @@ class SourceVectors:
         self.name = name
         self._built: dict[tuple[str, int], BuiltVector] = {}
 
-    def zero_prompts(self, items: Sequence[TaskItem]) -> list[str]:
-        return [build_prompt(it, (), self.spec) for it in items]
+    def _reader(self, kind: str = "", seed: int = 0) -> StateReader:
+        """Reads through the cache, the progress bar naming what is read."""
+        def read(prompts: list[str], phase: str) -> np.ndarray:
+            what = "zero-shot states" if phase == ZERO_SHOT else f"{kind} s{seed} few-shot states"
+            return self.acts.read(prompts, desc=f"{self.name}: {what}")
+        return read
 
     def zero_states(self) -> np.ndarray:
         """``[pool, layers, hidden]`` zero-shot last-token states."""
-        return self.acts.read(self.zero_prompts(self.pool), desc=f"{self.name}: zero-shot states")
+        return self._reader()(build_prompts(self.pool, None, self.spec), ZERO_SHOT)
 
     def embeddings(self) -> np.ndarray:
         """The pool's zero-shot states at the selection layer (IDEAL and retrieval use them)."""
@@ -130,34 +136,18 @@ class SourceVectors:
             built = BuiltVector(kind, seed, vec, base.sample_ids, base.demo_ids)
             self._built[key] = built
             return built
-        zero = self.zero_states()
-        if kind == "cast":
-            chosen = select_samples(zero[:, self.selection_layer, :], self.num_selected, "ideal", seed=seed,
-                                    neighbors=self.neighbors, diffusion_steps=self.diffusion_steps,
-                                    diffusion_runs=self.diffusion_runs)
-        elif kind == "cast_random_selection":
-            chosen = select_samples(None, self.num_selected, "random", seed=seed, n_items=len(self.pool))
-        else:  # mean_diff: the whole pool
-            chosen = list(range(len(self.pool)))
-        items = [self.pool[i] for i in chosen]
-        demo_pos = assign_demos(len(items), self.num_demos, seed)
-        demos = [[items[j] for j in d] for d in demo_pos]
-        few_prompts = [build_prompt(it, d, self.spec) for it, d in zip(items, demos)]
-        few = self.acts.read(few_prompts, desc=f"{self.name}: {kind} s{seed} few-shot states")
-        diffs = few.astype(np.float64) - zero[chosen].astype(np.float64)
-        agg = aggregate_differences(diffs, "mean")
+        settings = ShiftSettings(self.num_selected, self.num_demos, _SELECTION[kind], self.selection_layer,
+                                 self.neighbors, self.diffusion_steps, self.diffusion_runs, read_whole_pool=True)
+        shift = source_shift(self.pool, self.spec, self._reader(kind, seed), settings, seed)
+        agg = aggregate_differences(shift.diffs, "mean")
         meta = {"model": self.model, "method": kind, "source": self.name, "seed": str(seed),
-                "selection": {"cast": "ideal", "cast_random_selection": "random", "mean_diff": "none"}[kind],
-                "num_samples": str(len(items)), "num_demos": str(self.num_demos),
-                "selected_ids": json.dumps([it.id for it in items]), "position": "last_prompt_token"}
+                "selection": _SELECTION[kind] or "none",
+                "num_samples": str(len(shift.items)), "num_demos": str(self.num_demos),
+                "selected_ids": json.dumps(shift.sample_ids), "position": "last_prompt_token"}
         vec = SteeringVector({layer: torch.from_numpy(agg[layer].astype(np.float32)) for layer in range(agg.shape[0])},
                              meta)
-        built = BuiltVector(kind, seed, vec, [it.id for it in items], [[d.id for d in ds] for ds in demos])
-        logger.info("%s %s seed %d: %d samples, |v| per layer %.2f..%.2f", self.name, kind, seed, len(items),
+        built = BuiltVector(kind, seed, vec, shift.sample_ids, shift.demo_ids)
+        logger.info("%s %s seed %d: %d samples, |v| per layer %.2f..%.2f", self.name, kind, seed, len(shift.items),
                     min(built.norms().values()), max(built.norms().values()))
         self._built[key] = built
         return built
-
-    def state_norms(self) -> np.ndarray:
-        """Mean norm of the zero-shot residual stream per layer (scale reference for alpha)."""
-        return np.linalg.norm(self.zero_states(), axis=-1).mean(axis=0)

@@ -27,12 +27,13 @@ from typing import Sequence
 
 import numpy as np
 
+from cast_vllm.errors import CastVllmError
 from cast_vllm.method.tasks import TaskItem
 
 logger = logging.getLogger(__name__)
 
 
-class EvalDataError(ValueError):
+class EvalDataError(CastVllmError, ValueError):
     """The data cannot be split or pooled as asked; the message names the sizes."""
 
 

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from cast_vllm.evaluation.harness import EvalConfig, evaluate
+from cast_vllm import envs
+from cast_vllm.atomic import atomic_write_bytes
+from cast_vllm.errors import CastVllmError
+from cast_vllm.evaluation.config import EvalConfig
+from cast_vllm.evaluation.protocol import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +63,13 @@ SUITE_DEFAULTS = dict(seeds=2, pool_size=48, num_selected=16, num_demos=4, icl_s
                       latency_rounds=3)
 
 
-class SuiteError(ValueError):
+class SuiteError(CastVllmError, ValueError):
     """The suite cannot run as asked (unknown pair, missing data)."""
 
 
 def default_data_dir() -> Path:
     """``$CAST_VLLM_DATA``, else ``../shared/data`` beside the repository, else beside the cwd."""
-    env = os.environ.get("CAST_VLLM_DATA")
+    env = envs.data_dir()
     if env:
         return Path(env).expanduser()
     here = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -97,9 +100,9 @@ def suite_configs(model: str, data_dir: str | Path, pairs: Sequence[str] | None 
 
 
 def _config_key(cfg: EvalConfig) -> str:
-    d = asdict(cfg)
+    d = cfg.to_json_dict()
     d["source"], d["target"] = Path(cfg.source).name, Path(cfg.target).name
-    return json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}, sort_keys=True, default=str)
+    return json.dumps(d, sort_keys=True, default=str)
 
 
 def output_stem(model: str) -> str:
@@ -115,10 +118,8 @@ def run_suite(model: str, out_dir: str | Path, *, data_dir: str | Path | None = 
     ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir`` after each pair."""
     from tqdm.auto import tqdm
 
-    from cast_vllm.evaluation.engine import EvalEngine
+    from cast_vllm.evaluation.backend import open_backend
     from cast_vllm.evaluation.report import write_report
-    from cast_vllm.evaluation.source_vectors import ActivationCache
-    from cast_vllm.method.activations import HFActivationReader, ReaderConfig
     from cast_vllm.model_zoo import resolve
 
     data = Path(data_dir) if data_dir else default_data_dir()
@@ -135,8 +136,7 @@ def run_suite(model: str, out_dir: str | Path, *, data_dir: str | Path | None = 
         except (json.JSONDecodeError, AttributeError):
             logger.warning("%s is not a suite result; starting afresh", json_path)
     model_path = resolve(model)
-    engine = None
-    acts = None
+    backend = None
     results: list[dict] = []
     t0 = time.perf_counter()
     suite = {"format": "cast-vllm-suite/1", "suite": "default", "model": model, "model_path": str(model_path),
@@ -150,12 +150,9 @@ def run_suite(model: str, out_dir: str | Path, *, data_dir: str | Path | None = 
                 logger.info("%s: reusing the finished result in %s", pair.name, json_path)
                 results.append(old)
                 continue
-            if engine is None:
-                engine = EvalEngine(str(model_path), **(engine_kwargs or {}))
-                reader = HFActivationReader(ReaderConfig(str(model_path), tuple(range(engine.num_layers)),
-                                                         backend="hf", batch_size=16))
-                acts = ActivationCache(reader, engine.tokenizer, progress=progress)
-            res = evaluate(cfg, engine=engine, acts=acts, progress=progress)
+            if backend is None:     # one engine and activation cache for every pair
+                backend = open_backend(str(model_path), engine_kwargs=engine_kwargs, progress=progress)
+            res = evaluate(cfg, engine=backend.engine, acts=backend.acts, progress=progress)
             res["family"], res["in_domain"] = pair.family, pair.in_domain
             res["suite_config_key"] = _config_key(cfg)
             results.append(res)
@@ -165,8 +162,8 @@ def run_suite(model: str, out_dir: str | Path, *, data_dir: str | Path | None = 
             logger.info("%s done in %.0f s", pair.name, res["timing"]["seconds_total"])
     finally:
         bar.close()
-        if engine is not None:
-            engine.close()
+        if backend is not None:
+            backend.close()
     suite["seconds"] = time.perf_counter() - t0
     suite["seconds_new"] = sum(r["timing"]["seconds_total"] for r in results if r.get("name") not in previous)
     _write(json_path, suite)
@@ -175,6 +172,4 @@ def run_suite(model: str, out_dir: str | Path, *, data_dir: str | Path | None = 
 
 
 def _write(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    atomic_write_bytes(path, json.dumps(data, indent=1).encode())

@@ -20,6 +20,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from cast_vllm.atomic import atomic_write_bytes
+from cast_vllm.errors import CastVllmError
 from cast_vllm.home import cast_home
 
 logger = logging.getLogger(__name__)
@@ -32,7 +34,7 @@ FILES = {"movies": "movieReviewSnippets_GroundTruth.txt", "tweets": "tweets_Grou
          "amazon": "amazonReviewSnippets_GroundTruth.txt"}
 
 
-class VaderDataError(RuntimeError):
+class VaderDataError(CastVllmError, RuntimeError):
     """The VADER data could not be found or obtained."""
 
 
@@ -91,7 +93,5 @@ def _fetch(cache: Path) -> None:
                     raise VaderDataError(f"{fname}:{lineno}: expected ID<TAB>RATING<TAB>TEXT")
                 rows.append({"id": parts[0], "text": parts[2], "rating": float(parts[1])})
             out = cache / f"{name}.jsonl"
-            tmp_out = out.with_suffix(".jsonl.tmp")
-            tmp_out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-            tmp_out.replace(out)
+            atomic_write_bytes(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
             logger.info("wrote %s (%d rows)", out, len(rows))

@@ -3,19 +3,18 @@
 Two readers with one interface, ``read(token_ids) -> float32 array [prompts, layers, hidden]``:
 
 - ``VLLMActivationReader``: vLLM's pooling runner with the probe architecture
-  (``probe_model.py``): continuous batching, paged attention, GPU or CPU;
+  (``engine/probe_model.py``): continuous batching, paged attention, GPU or CPU;
 - ``HFActivationReader``: transformers with forward hooks on ``model.model.layers[i]``, the
   reference. (Not ``output_hidden_states``: its last entry has the final norm applied.)
 
 Both take token ids, not text, so that they see exactly the same tokens: tokenize once on the
 host with ``encode_prompts``. A reader is described by a picklable ``ReaderConfig`` so Ray
-actors can build their own copy (``distributed.py``).
+actors can build their own copy (``ray_workers.py``).
 """
 
 from __future__ import annotations
 
 import gc
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +22,14 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from cast_vllm import envs
 from cast_vllm.engine.shutdown import shutdown_llm
+from cast_vllm.errors import CastVllmError
 
 BACKENDS = ("vllm", "hf")
 
 
-class ActivationError(ValueError):
+class ActivationError(CastVllmError, ValueError):
     """Activations cannot be read as asked (bad layers, prompt too long, unknown backend)."""
 
 
@@ -163,7 +164,9 @@ class HFActivationReader:
         out = np.empty((n, len(self.layers), self.info.hidden_size), dtype=np.float32)
         if n == 0:
             return out
-        decoder = self.model.model.layers
+        from cast_vllm.engine.architectures import decoder_layers
+
+        decoder = decoder_layers(self.model)
         captured: dict[int, torch.Tensor] = {}
         state = {}
 
@@ -211,7 +214,7 @@ class VLLMActivationReader:
         from vllm import LLM
         from vllm.config import PoolerConfig
 
-        from cast_vllm.method.probe_model import probe_hf_overrides, register_probes
+        from cast_vllm.engine.probe_model import probe_hf_overrides, register_probes
 
         self.config = config
         self.layers = tuple(config.layers)
@@ -231,17 +234,8 @@ class VLLMActivationReader:
         )
         kwargs.update(dict(config.engine_kwargs))
         # vLLM reads this when the engine is built; set it only for the construction
-        key, saved = "VLLM_ENABLE_V1_MULTIPROCESSING", os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-        if config.in_process:
-            os.environ[key] = "0"
-        try:
+        with envs.temporarily(envs.VLLM_ENABLE_V1_MULTIPROCESSING, "0" if config.in_process else None):
             self.llm = LLM(config.model, **kwargs)
-        finally:
-            if config.in_process:
-                if saved is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = saved
 
     def read(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         from vllm.inputs import TokensPrompt

@@ -113,7 +113,7 @@ def plot_similarity_matrix(diffs_by_task: Mapping[str, np.ndarray], layer_pos: i
 
 def write_report(result, out_dir: str | Path, matrix_layer: int | None = None) -> list[Path]:
     """All plots and ``report.json`` for an ``ExtractionResult`` (sources and compared tasks)."""
-    from cast_vllm.method.build import source_names
+    from cast_vllm.method.pipeline import source_names
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

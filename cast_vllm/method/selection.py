@@ -27,12 +27,14 @@ import logging
 
 import numpy as np
 
+from cast_vllm.errors import CastVllmError
+
 logger = logging.getLogger(__name__)
 
 SELECTION_RULES = ("ideal", "random", "kmeans")
 
 
-class SelectionError(ValueError):
+class SelectionError(CastVllmError, ValueError):
     """Selection cannot run as asked (budget larger than the pool, bad settings)."""
 
 

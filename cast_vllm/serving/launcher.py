@@ -18,6 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from cast_vllm import envs
+
 logger = logging.getLogger(__name__)
 
 # ``vllm serve`` for one API server. The ``vllm`` console script (and ``vllm.entrypoints.cli.main``)
@@ -49,10 +51,10 @@ class ServerProcess:
             self.argv = [sys.executable, "-m", "cast_vllm.cli", "serve", "--model", str(model),
                          "--vector-dir", str(vector_dir), "--port", str(self.port), *(serve_args or []),
                          *(vllm_args or [])]
-        base = dict(os.environ)
-        base.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs vLLM's normal process layout
-        base.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        base.setdefault("HF_HUB_OFFLINE", "1")
+        base = envs.snapshot()
+        base.pop(envs.VLLM_ENABLE_V1_MULTIPROCESSING.name, None)  # the server runs vLLM's normal process layout
+        base.setdefault(envs.VLLM_CPU_OMP_THREADS_BIND.name, "nobind")
+        base.setdefault(envs.HF_HUB_OFFLINE.name, "1")
         self.env = {**base, **(env or {})}
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="cast-vllm-serve-",
                                                                               suffix=".log")[1])

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 
+from cast_vllm.errors import CastVllmError
+
 GENERATION_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
 _TRIGGERS = (b"steering", b"beam", b"\\u")
 _TRUE_STRINGS = frozenset({"1", "true", "t", "yes", "y", "on"})  # what pydantic reads as True
 
 
-class BodyRefused(ValueError):
+class BodyRefused(CastVllmError, ValueError):
     """A generation request refused before vLLM sees it (HTTP 400); the message says why."""
 
 

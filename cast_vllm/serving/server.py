@@ -11,13 +11,14 @@ counters, loopback as the default bind address, and an explicit KV-cache size on
 from __future__ import annotations
 
 import logging
-import os
 from argparse import Namespace
 from dataclasses import dataclass
 from pathlib import Path
 
+from cast_vllm import envs
 from cast_vllm.engine.settings import (DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_UPLOAD_BYTES,
                                        DEFAULT_MAX_UPLOADED_VECTORS)
+from cast_vllm.errors import CastVllmError
 from cast_vllm.serving.plugin import PLUGIN_NAME, WORKER_EXTENSION
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ DEFAULT_CPU_KV_CACHE_BYTES = 1 << 30
 ENDPOINT_PLUGINS_GROUP = "vllm.endpoint_plugins"
 
 
-class ServeError(ValueError):
+class ServeError(CastVllmError, ValueError):
     """Options the steered server cannot start with; the message says which and why."""
 
 
@@ -97,8 +98,8 @@ def build_server_args(options: ServeOptions, vllm_argv: list[str]) -> Namespace:
         logger.warning("--worker-extension-cls %s replaces %s: /metrics will show no slot loads or evictions",
                        args.worker_extension_cls, WORKER_EXTENSION)
     if current_platform.is_cpu():
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        if args.kv_cache_memory_bytes is None and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        envs.use_cpu_engine_defaults()
+        if args.kv_cache_memory_bytes is None and not envs.cpu_kv_cache_space_set():
             args.kv_cache_memory_bytes = DEFAULT_CPU_KV_CACHE_BYTES
     logger.info("serving %s as %s on %s:%s, vectors from %s (uploads into %s)", args.model, wrapper,
                 args.host, args.port, options.vector_dir, options.upload_dir or "a private directory")
@@ -132,7 +133,7 @@ def run(options: ServeOptions, vllm_argv: list[str]) -> int:
     register(strict=True)  # an unsupported vLLM: a clear error now, not a failed start-up later
     if not Path(options.vector_dir).is_dir():
         raise ServeError(f"--vector-dir {options.vector_dir} is not a directory")
-    os.environ["VLLM_PLUGINS"] = plugin_allowlist(os.environ.get("VLLM_PLUGINS"))
+    envs.put(envs.VLLM_PLUGINS, plugin_allowlist(envs.get(envs.VLLM_PLUGINS)))
     cli_env_setup()
     args = build_server_args(options, vllm_argv)
     configure_logging_from_args(args)

@@ -25,6 +25,7 @@ from vllm.renderers.inputs.preprocess import extract_prompt_len
 from cast_vllm.engine.admission import Admission
 from cast_vllm.engine.resolved import ResolvedSteering
 from cast_vllm.engine.settings import ServingSettings, SteeringSettings
+from cast_vllm.errors import CastVllmError
 from cast_vllm.serving import receipts
 from cast_vllm.serving.store import ServingVectorStore
 from cast_vllm.spec import SteeringSpecError
@@ -33,14 +34,14 @@ from cast_vllm.vectors import MAX_VECTOR_NAME_LENGTH, SteeringVector, VectorFile
 logger = logging.getLogger(__name__)
 
 
-class SteeringRequestError(VLLMValidationError, ValueError):
+class SteeringRequestError(CastVllmError, VLLMValidationError, ValueError):
     """A request refused for its steering; vLLM's error handlers turn it into HTTP 400."""
 
     def __init__(self, message: str):
         super().__init__(message, parameter="vllm_xargs")
 
 
-class VectorRouteError(Exception):
+class VectorRouteError(CastVllmError):
     """A vector-management request that cannot be done; carries its HTTP status."""
 
     def __init__(self, status: int, message: str, err_type: str = "BadRequestError"):

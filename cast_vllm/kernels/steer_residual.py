@@ -13,21 +13,33 @@ Modes (``modes[slot]``), with ``d = table[slot]`` and everything computed in flo
 A token whose row is all zeros (slot 0 in particular) gets ``residual`` back bitwise, in
 either mode, so unsteered requests in a mixed batch match an engine without steering.
 
-``steer_residual_reference`` is pure torch (Dynamo traces it on CPU inside vLLM's compiled
-model); ``steer_residual_triton`` is one launch for the whole batch, one program per token.
+Everything about the op is here:
+
+- ``steer_residual_reference``: pure torch; Dynamo traces it inline on the CPU inside vLLM's
+  compiled model (Inductor fuses it);
+- ``steer_residual_triton``: one launch for the whole batch, one program per token;
+- ``torch.ops.cast_vllm.steer_residual``: the Triton kernel as a custom op with a fake
+  implementation, so torch.compile traces it once and CUDA graphs capture it (registered on
+  first use, through vLLM's ``direct_register_custom_op``);
+- ``steering_fn(device)``: the one dispatcher, what a steered layer calls on that device.
+
+The mode ids come from ``cast_vllm.kernels.modes`` (their one definition).
 """
 
 import torch
 from torch import Tensor
 
+from cast_vllm.kernels.modes import MODE_ADD, MODE_NORM_PRESERVING
+
 try:
     import triton
     import triton.language as tl
-except ImportError:  # CPU-only installs: steer_residual() dispatches to the reference.
+except ImportError:  # CPU-only installs: steering_fn() returns the reference.
     triton = None
 
-MODE_ADD = 0
-MODE_NORM_PRESERVING = 1
+__all__ = ["EPS", "MODE_ADD", "MODE_NORM_PRESERVING", "steer_residual_reference", "steer_residual_triton",
+           "steering_fn"]
+
 EPS = 1e-6
 
 
@@ -70,6 +82,7 @@ if triton is not None:
         H,
         eps,
         BLOCK_H: tl.constexpr,
+        NORM_PRESERVING: tl.constexpr,  # MODE_NORM_PRESERVING (kernels read no Python globals)
     ):
         # int64 offsets: T * row stride overflows int32 for long batches of wide rows.
         token = tl.program_id(0).to(tl.int64)
@@ -82,7 +95,7 @@ if triton is not None:
         d = tl.load(table_ptr + slot * stride_table + cols, mask=mask, other=0.0)
         r = r_in.to(tl.float32)
 
-        if mode == 1:  # MODE_NORM_PRESERVING; hidden is only read on this path.
+        if mode == NORM_PRESERVING:  # hidden is only read on this path
             x = tl.load(hidden_ptr + token * stride_hidden + cols, mask=mask, other=0.0)
             x = x.to(tl.float32)
             h = x + r
@@ -144,15 +157,37 @@ def steer_residual_triton(
         hidden_size,
         EPS,
         BLOCK_H=block_h,
+        NORM_PRESERVING=MODE_NORM_PRESERVING,
         num_warps=_num_warps(block_h),
     )
     return out
 
 
-def steer_residual(
-    hidden: Tensor, residual: Tensor, table: Tensor, modes: Tensor, token_slots: Tensor
-) -> Tensor:
-    """The Triton kernel on CUDA, the torch reference elsewhere (CPU, or no triton)."""
-    if residual.is_cuda and triton is not None:
-        return steer_residual_triton(hidden, residual, table, modes, token_slots)
-    return steer_residual_reference(hidden, residual, table, modes, token_slots)
+_lib = None  # the torch.library fragment holding the custom op, once registered
+
+
+def _fake_steer_residual(hidden: Tensor, residual: Tensor, table: Tensor, modes: Tensor,
+                         token_slots: Tensor) -> Tensor:
+    return torch.empty_like(residual)
+
+
+def _register_cuda_op() -> None:
+    """``torch.ops.cast_vllm.steer_residual`` (CUDA): the Triton kernel plus its fake."""
+    global _lib
+    from torch.library import Library
+    from vllm.utils.torch_utils import direct_register_custom_op
+
+    lib = Library("cast_vllm", "FRAGMENT")
+    direct_register_custom_op("steer_residual", steer_residual_triton, mutates_args=[],
+                              fake_impl=_fake_steer_residual, target_lib=lib, dispatch_key="CUDA")
+    _lib = lib
+
+
+def steering_fn(device: torch.device | str):
+    """The function a steered layer calls on ``device``: the custom op (Triton) on CUDA, the
+    torch reference elsewhere (CPU, or no triton installed)."""
+    if torch.device(device).type == "cuda" and triton is not None:
+        if _lib is None:
+            _register_cuda_op()
+        return torch.ops.cast_vllm.steer_residual
+    return steer_residual_reference

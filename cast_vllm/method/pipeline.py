@@ -1,4 +1,4 @@
-"""CAST steering vectors from a source task: the whole offline pipeline.
+"""CAST steering vectors from source tasks: the whole offline pipeline behind ``extract``.
 
 For each source task (notes/cast-method.md, steps 1-3 and 5):
 
@@ -7,10 +7,9 @@ For each source task (notes/cast-method.md, steps 1-3 and 5):
 3. select ``num_selected`` influential and diverse samples (``selection.py``) using the
    zero-shot state at the selection layer (default: the middle layer) as the embedding;
 4. give each selected sample ``num_demos`` demonstrations drawn (seeded) from the *other*
-   selected samples and read its few-shot activations;
+   selected samples and read its few-shot activations (steps 2-4: ``source_shift.py``);
 5. per layer, ``v_l = mean_i [h_l(demos_i ; x_i) - h_l(x_i)]`` (``aggregate="mean"``), or the
-   first principal direction of the differences (``aggregate="pca"``: uncentred, sign-aligned
-   with the mean, scaled to the mean's projection on it).
+   first principal direction of the differences (``aggregate="pca"``, ``cast_math.py``).
 
 Several sources are combined with per-layer weights: the cosine between each source's mean
 zero-shot activation and the target's (when a target file is given; sources below
@@ -32,79 +31,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from cast_vllm.method.activations import (
-    ReaderConfig, encode_prompts, load_tokenizer, model_info, parse_layers,
-)
-from cast_vllm.method.distributed import ActivationPool, ShardCheckpoint
-from cast_vllm.method.selection import SELECTION_RULES, SelectionError, select_samples
+from cast_vllm.method.activations import ReaderConfig, encode_prompts, load_tokenizer, model_info, parse_layers
+from cast_vllm.method.cast_math import aggregate_differences, similarity_weights
+from cast_vllm.method.checkpoints import ShardCheckpoint
+from cast_vllm.method.options import ExtractionError, ExtractOptions
+from cast_vllm.method.pool import ActivationPool
+from cast_vllm.method.selection import SelectionError
+from cast_vllm.method.source_shift import ShiftSettings, source_shift
+from cast_vllm.method.tasks import TaskItem, TaskSpec, build_prompts, load_task, load_task_spec
 from cast_vllm.model_zoo import resolve
-from cast_vllm.method.tasks import TaskItem, TaskSpec, build_prompt, load_task, load_task_spec
 from cast_vllm.vectors import SteeringVector
 
 logger = logging.getLogger(__name__)
-
-AGGREGATES = ("mean", "pca")
-
-
-class ExtractionError(ValueError):
-    """Extraction cannot run as asked; the message names the setting."""
-
-
-@dataclass
-class ExtractOptions:
-    """Every knob of ``extract``. ``sources`` and ``tasks`` pair up (one task for all sources
-    is fine); ``model`` is a folder or an embedded model name."""
-
-    model: str
-    sources: Sequence[str]
-    tasks: Sequence[str] = ("sentiment",)
-    layers: str | Sequence[int] | None = None          # None / "all", "5-10", "3,5,7"
-    num_selected: int = 64
-    num_demos: int = 4
-    selection: str = "ideal"
-    seed: int = 0
-    pool_size: int = 1000                                # 0: the whole source file
-    selection_layer: int | None = None                   # default num_layers // 2
-    neighbors: int = 10
-    diffusion_steps: int = 10
-    diffusion_runs: int = 10
-    aggregate: str = "mean"
-    chat: bool = False
-    target: str | None = None                            # for multi-source similarity weights
-    compare: Sequence[tuple[str, str]] = ()              # (file, task): differences for reports only
-    target_task: str | None = None
-    target_size: int = 200
-    similarity_threshold: float = 0.0
-    backend: str = "vllm"
-    workers: int = 1
-    shard_size: int = 64
-    checkpoint_dir: str | None = None
-    dtype: str = "auto"
-    batch_size: int = 8
-    max_model_len: int | None = None
-    kv_cache_bytes: int = 512 << 20
-    enforce_eager: bool = True
-
-    def validate(self) -> None:
-        if not self.sources:
-            raise ExtractionError("at least one source file is needed")
-        if len(self.tasks) not in (1, len(self.sources)):
-            raise ExtractionError(f"give one task for all sources or one per source: {len(self.sources)} sources, "
-                                  f"{len(self.tasks)} tasks")
-        if self.selection not in SELECTION_RULES:
-            raise ExtractionError(f"unknown selection {self.selection!r}; use one of {', '.join(SELECTION_RULES)}")
-        if self.aggregate not in AGGREGATES:
-            raise ExtractionError(f"unknown aggregate {self.aggregate!r}; use one of {', '.join(AGGREGATES)}")
-        if self.num_selected < 2:
-            raise ExtractionError(f"--num-selected must be >= 2 (demonstrations come from the other selected "
-                                  f"samples), got {self.num_selected}")
-        if not 1 <= self.num_demos < self.num_selected:
-            raise ExtractionError(f"--num-demos must be in [1, num_selected - 1] = [1, {self.num_selected - 1}], "
-                                  f"got {self.num_demos}")
-        if self.pool_size < 0 or self.target_size < 1 or self.workers < 1 or self.shard_size < 1:
-            raise ExtractionError("pool_size must be >= 0, target_size, workers and shard_size >= 1")
-        if self.target_task and not self.target:
-            raise ExtractionError("--target-task needs --target")
 
 
 @dataclass
@@ -134,84 +72,6 @@ class ExtractionResult:
     stats: dict[str, Any] = field(default_factory=dict)
     compared: list[SourceResult] = field(default_factory=list)      # not in the vector
     checkpoint: ShardCheckpoint | None = None                         # the pool's, for clean-up
-
-
-# ---- pure pieces (reused by the evaluation harness) ----------------------------------------
-
-def assign_demos(n_selected: int, num_demos: int, seed: int = 0) -> list[list[int]]:
-    """For each selected position ``i``, ``num_demos`` other positions (seeded, no repeats)."""
-    if not 1 <= num_demos < n_selected:
-        raise ExtractionError(f"num_demos must be in [1, {n_selected - 1}] for {n_selected} samples, got {num_demos}")
-    rng = np.random.default_rng([seed, 2])
-    out = []
-    for i in range(n_selected):
-        others = np.array([j for j in range(n_selected) if j != i])
-        out.append(rng.choice(others, size=num_demos, replace=False).tolist())
-    return out
-
-
-def aggregate_differences(diffs: np.ndarray, method: str = "mean") -> np.ndarray:
-    """``[samples, layers, hidden]`` -> ``[layers, hidden]`` (see module doc for ``pca``)."""
-    diffs = np.asarray(diffs, dtype=np.float64)
-    if diffs.ndim != 3 or len(diffs) == 0:
-        raise ExtractionError(f"differences must be [samples, layers, hidden], got shape {diffs.shape}")
-    mean = diffs.mean(axis=0)
-    if method == "mean":
-        return mean.astype(np.float32)
-    if method != "pca":
-        raise ExtractionError(f"unknown aggregate {method!r}; use one of {', '.join(AGGREGATES)}")
-    out = np.empty_like(mean)
-    for layer in range(diffs.shape[1]):
-        _, _, vt = np.linalg.svd(diffs[:, layer, :], full_matrices=False)
-        u = vt[0]
-        proj = float(mean[layer] @ u)
-        if proj < 0:
-            u, proj = -u, -proj
-        out[layer] = proj * u
-    return out.astype(np.float32)
-
-
-def similarity_weights(source_means: dict[str, np.ndarray], target_mean: np.ndarray | None,
-                       threshold: float = 0.0) -> dict[str, np.ndarray]:
-    """Per-layer source weights summing to 1: cosine to the target's mean zero-shot
-    activation (below ``threshold`` -> 0), or equal without a target."""
-    names = list(source_means)
-    if target_mean is None:
-        n_layers = next(iter(source_means.values())).shape[0]
-        return {name: np.full(n_layers, 1.0 / len(names)) for name in names}
-    t = np.asarray(target_mean, dtype=np.float64)
-    cos = {}
-    for name in names:
-        s = np.asarray(source_means[name], dtype=np.float64)
-        cos[name] = (s * t).sum(-1) / np.maximum(np.linalg.norm(s, axis=-1) * np.linalg.norm(t, axis=-1), 1e-12)
-    raw = np.stack([np.where(cos[n] >= threshold, np.clip(cos[n], 0.0, None), 0.0) for n in names])
-    total = raw.sum(axis=0)
-    if (total <= 0).any():
-        bad = np.nonzero(total <= 0)[0].tolist()
-        raise ExtractionError(f"no source is similar enough to the target at layer positions {bad} "
-                              f"(similarity threshold {threshold}); lower --similarity-threshold")
-    return {n: raw[k] / total for k, n in enumerate(names)}
-
-
-def random_control_vector(vector: SteeringVector, seed: int = 0) -> SteeringVector:
-    """A random direction per layer with the vector's per-layer norm: the control that must
-    not help."""
-    g = torch.Generator().manual_seed(seed)
-    dirs = {}
-    for layer, v in vector.directions.items():
-        r = torch.randn(v.shape, generator=g)
-        dirs[layer] = r * (v.norm() / r.norm())
-    meta = {**vector.metadata, "method": "random-control", "control_seed": str(seed)}
-    return SteeringVector(dirs, meta)
-
-
-# ---- the pipeline --------------------------------------------------------------------------
-
-def _prompts(items: Sequence[TaskItem], demos: Sequence[Sequence[TaskItem]] | None, spec: TaskSpec,
-             chat: bool, tokenizer) -> list[str]:
-    if demos is None:
-        return [build_prompt(it, (), spec, chat=chat, tokenizer=tokenizer) for it in items]
-    return [build_prompt(it, d, spec, chat=chat, tokenizer=tokenizer) for it, d in zip(items, demos)]
 
 
 def _subsample(items: list[TaskItem], size: int, seed: int) -> list[TaskItem]:
@@ -274,17 +134,18 @@ def extract(options: ExtractOptions, progress=None, pool: ActivationPool | None 
                                   f"this extraction needs {model_path} at layers {read_layers}")
     pool_runner = pool if pool is not None else ActivationPool(
         config, opt.workers, shard_size=opt.shard_size, checkpoint_dir=opt.checkpoint_dir)
+
+    def read(prompts: list[str], phase: str = "") -> np.ndarray:
+        return pool_runner.read(encode_prompts(tokenizer, prompts, chat=opt.chat), progress=bar)
+
     try:
         for path, spec, cands in zip(opt.sources, specs, pools):
-            results.append(_one_source(opt, path, spec, cands, pool_runner, tokenizer, bar, pos[sel_layer], keep,
-                                       layers))
+            results.append(_one_source(opt, path, spec, cands, read, tokenizer, pos[sel_layer], keep, layers))
         for (path, _), spec, cands in zip(opt.compare, compare_specs, compare_pools):
-            compared.append(_one_source(opt, path, spec, cands, pool_runner, tokenizer, bar, pos[sel_layer], keep,
-                                        layers))
+            compared.append(_one_source(opt, path, spec, cands, read, tokenizer, pos[sel_layer], keep, layers))
         if target_items:
             tspec = load_task_spec(opt.target_task or tasks[0])
-            acts = pool_runner.read(encode_prompts(tokenizer, _prompts(target_items, None, tspec, opt.chat, tokenizer),
-                                                   chat=opt.chat), progress=bar)
+            acts = read(build_prompts(target_items, None, tspec, chat=opt.chat, tokenizer=tokenizer))
             target_mean = acts[:, keep].astype(np.float64).mean(axis=0)
     finally:
         if pool is None:
@@ -313,35 +174,21 @@ def source_names(results: Sequence[SourceResult]) -> list[str]:
     return [s if stems.count(s) == 1 else f"{s}#{k}" for k, s in enumerate(stems)]
 
 
-def _one_source(opt: ExtractOptions, path: str, spec: TaskSpec, pool: list[TaskItem], runner: ActivationPool,
-                tokenizer, bar, sel_pos: int, keep: list[int], layers: list[int]) -> SourceResult:
-    if opt.selection == "random":
-        selected = select_samples(None, opt.num_selected, "random", seed=opt.seed, n_items=len(pool))
-        zero = runner.read(encode_prompts(tokenizer, _prompts([pool[i] for i in selected], None, spec, opt.chat,
-                                                              tokenizer), chat=opt.chat), progress=bar)
-        zero_sel = zero
-    else:
-        zero = runner.read(encode_prompts(tokenizer, _prompts(pool, None, spec, opt.chat, tokenizer), chat=opt.chat),
-                           progress=bar)
-        try:
-            selected = select_samples(zero[:, sel_pos, :], opt.num_selected, opt.selection, seed=opt.seed,
-                                      neighbors=opt.neighbors, diffusion_steps=opt.diffusion_steps,
-                                      diffusion_runs=opt.diffusion_runs)
-        except SelectionError as exc:
-            raise ExtractionError(f"{path}: {exc}") from None
-        zero_sel = zero[selected]
-    chosen = [pool[i] for i in selected]
-    demo_pos = assign_demos(len(chosen), opt.num_demos, opt.seed)
-    demos = [[chosen[j] for j in d] for d in demo_pos]
-    few = runner.read(encode_prompts(tokenizer, _prompts(chosen, demos, spec, opt.chat, tokenizer), chat=opt.chat),
-                      progress=bar)
-    diffs = (few[:, keep].astype(np.float64) - zero_sel[:, keep].astype(np.float64)).astype(np.float32)
+def _one_source(opt: ExtractOptions, path: str, spec: TaskSpec, pool: list[TaskItem], read, tokenizer,
+                sel_pos: int, keep: list[int], layers: list[int]) -> SourceResult:
+    settings = ShiftSettings(opt.num_selected, opt.num_demos, opt.selection, sel_pos, opt.neighbors,
+                             opt.diffusion_steps, opt.diffusion_runs)
+    try:
+        shift = source_shift(pool, spec, read, settings, opt.seed, chat=opt.chat, tokenizer=tokenizer)
+    except SelectionError as exc:
+        raise ExtractionError(f"{path}: {exc}") from None
+    diffs = shift.diffs[:, keep].astype(np.float32)     # kept for the report; aggregated as stored
     agg = aggregate_differences(diffs, opt.aggregate)
     norms = np.linalg.norm(agg, axis=-1)
-    logger.info("%s: %d samples, vector norm per layer %.3g..%.3g", path, len(chosen), norms.min(), norms.max())
-    return SourceResult(path=str(path), task=spec, pool_size=len(pool), selected_ids=[c.id for c in chosen],
-                        demo_ids=[[d.id for d in ds] for ds in demos], diffs=diffs,
-                        zero_mean=zero[:, keep].astype(np.float64).mean(axis=0),
+    logger.info("%s: %d samples, vector norm per layer %.3g..%.3g", path, len(shift.items), norms.min(), norms.max())
+    return SourceResult(path=str(path), task=spec, pool_size=len(pool), selected_ids=shift.sample_ids,
+                        demo_ids=shift.demo_ids, diffs=diffs,
+                        zero_mean=shift.zero[:, keep].astype(np.float64).mean(axis=0),
                         directions={layer: agg[j] for j, layer in enumerate(layers)})
 
 

@@ -1,0 +1,80 @@
+"""The numbers of CAST without models or files: which selected samples serve as each one's
+demonstrations, per-sample differences -> one direction per layer, per-layer source weights,
+and the random control vector. Pure functions, reused by ``extract`` and ``eval``."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cast_vllm.method.options import AGGREGATES, ExtractionError
+from cast_vllm.vectors import SteeringVector
+
+
+def assign_demos(n_selected: int, num_demos: int, seed: int = 0) -> list[list[int]]:
+    """For each selected position ``i``, ``num_demos`` other positions (seeded, no repeats)."""
+    if not 1 <= num_demos < n_selected:
+        raise ExtractionError(f"num_demos must be in [1, {n_selected - 1}] for {n_selected} samples, got {num_demos}")
+    rng = np.random.default_rng([seed, 2])
+    out = []
+    for i in range(n_selected):
+        others = np.array([j for j in range(n_selected) if j != i])
+        out.append(rng.choice(others, size=num_demos, replace=False).tolist())
+    return out
+
+
+def aggregate_differences(diffs: np.ndarray, method: str = "mean") -> np.ndarray:
+    """``[samples, layers, hidden]`` -> ``[layers, hidden]``: the mean difference, or with
+    ``pca`` the first principal direction of the differences (uncentred, sign-aligned with the
+    mean, scaled to the mean's projection on it)."""
+    diffs = np.asarray(diffs, dtype=np.float64)
+    if diffs.ndim != 3 or len(diffs) == 0:
+        raise ExtractionError(f"differences must be [samples, layers, hidden], got shape {diffs.shape}")
+    mean = diffs.mean(axis=0)
+    if method == "mean":
+        return mean.astype(np.float32)
+    if method != "pca":
+        raise ExtractionError(f"unknown aggregate {method!r}; use one of {', '.join(AGGREGATES)}")
+    out = np.empty_like(mean)
+    for layer in range(diffs.shape[1]):
+        _, _, vt = np.linalg.svd(diffs[:, layer, :], full_matrices=False)
+        u = vt[0]
+        proj = float(mean[layer] @ u)
+        if proj < 0:
+            u, proj = -u, -proj
+        out[layer] = proj * u
+    return out.astype(np.float32)
+
+
+def similarity_weights(source_means: dict[str, np.ndarray], target_mean: np.ndarray | None,
+                       threshold: float = 0.0) -> dict[str, np.ndarray]:
+    """Per-layer source weights summing to 1: cosine to the target's mean zero-shot
+    activation (below ``threshold`` -> 0), or equal without a target."""
+    names = list(source_means)
+    if target_mean is None:
+        n_layers = next(iter(source_means.values())).shape[0]
+        return {name: np.full(n_layers, 1.0 / len(names)) for name in names}
+    t = np.asarray(target_mean, dtype=np.float64)
+    cos = {}
+    for name in names:
+        s = np.asarray(source_means[name], dtype=np.float64)
+        cos[name] = (s * t).sum(-1) / np.maximum(np.linalg.norm(s, axis=-1) * np.linalg.norm(t, axis=-1), 1e-12)
+    raw = np.stack([np.where(cos[n] >= threshold, np.clip(cos[n], 0.0, None), 0.0) for n in names])
+    total = raw.sum(axis=0)
+    if (total <= 0).any():
+        bad = np.nonzero(total <= 0)[0].tolist()
+        raise ExtractionError(f"no source is similar enough to the target at layer positions {bad} "
+                              f"(similarity threshold {threshold}); lower --similarity-threshold")
+    return {n: raw[k] / total for k, n in enumerate(names)}
+
+
+def random_control_vector(vector: SteeringVector, seed: int = 0) -> SteeringVector:
+    """A random direction per layer with the vector's per-layer norm: the control that must
+    not help."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = {}
+    for layer, v in vector.directions.items():
+        r = torch.randn(v.shape, generator=g)
+        dirs[layer] = r * (v.norm() / r.norm())
+    meta = {**vector.metadata, "method": "random-control", "control_seed": str(seed)}
+    return SteeringVector(dirs, meta)
