@@ -12,7 +12,7 @@ from vllm.outputs import RequestOutput
 
 from cast_vllm import envs
 from cast_vllm.engine.architectures import wrapper_for
-from cast_vllm.engine.settings import DEFAULT_MAX_SCALE, DEFAULT_MAX_STEERING_VECTORS, SteeringSettings
+from cast_vllm.engine.settings import DEFAULT_MAX_SCALE, SteeringSettings
 from cast_vllm.receipt import SteeringReceipt
 from cast_vllm.store import VectorStore
 from cast_vllm.vectors import SteeringVector
@@ -30,7 +30,7 @@ class SteeredLLM(LLM):
     """
 
     def __init__(self, model: str, vector_dir: str | None = None, *,
-                 max_steering_vectors: int = DEFAULT_MAX_STEERING_VECTORS,
+                 max_steering_vectors: int | None = None,
                  max_steering_scale: float = DEFAULT_MAX_SCALE, **kwargs):
         from transformers import AutoConfig
 
@@ -38,7 +38,7 @@ class SteeredLLM(LLM):
 
         register(strict=True)  # UnsupportedVLLMError here, not a half-patched engine
         model = str(model)
-        if max_steering_vectors < 1:
+        if max_steering_vectors is not None and max_steering_vectors < 1:
             raise ValueError(f"max_steering_vectors must be >= 1, got {max_steering_vectors}")
         hf_config = AutoConfig.from_pretrained(model, trust_remote_code=kwargs.get("trust_remote_code", False))
         wrapper = wrapper_for(getattr(hf_config, "architectures", None) or [])

@@ -63,6 +63,14 @@ def test_mixed_batch_matches_hf_reference(engine, hf_llama, vectors):
         assert logprobs == pytest.approx(ref_logprobs, abs=2e-3), f"logprobs differ for spec {spec}"
 
 
+def test_default_slots_hold_a_batch_of_distinct_steering(engine):
+    """Without max_steering_vectors the engine has one slot per sequence (max_num_seqs), so the
+    mixed batch's distinct configurations ran without waiting."""
+    run_mixed(engine)
+    assert engine.steering_stats()[0]["slots"] == ENGINE_KW["max_num_seqs"]
+    assert engine.llm_engine.engine_core.engine_core.scheduler._cast_budget.waits == 0
+
+
 def test_steering_changes_output(engine):
     got = run_mixed(engine)
     plain = engine.generate(PROMPTS, [params(None)] * len(PROMPTS), use_tqdm=False)

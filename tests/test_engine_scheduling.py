@@ -64,3 +64,22 @@ def test_cache_hits_only_within_the_same_steering(engine):
     assert cached({"vector": "v3", "scale": 2.0}) == 0, "steered must not reuse unsteered blocks"
     assert cached({"vector": "v3", "scale": 2.0}) > 0, "identical steering should share its own blocks"
     assert cached({"vector": "v3", "scale": 2.5}) == 0, "a different scale is different steering"
+
+
+def test_an_alpha_sweep_shares_one_slot_row(engine, hf_llama, vectors):
+    """The table holds unscaled directions and each token its scale: 8 scales of one vector, and
+    3 of a two-vector mix, run at once on 3 slots without waiting, one row each, and every output
+    is the reference at its own scale."""
+    specs = [{"vector": "v5", "scale": s} for s in (0.5, 1.0, 1.5, 2.0, -1.0, 3.0, 4.0, 0.0)]
+    specs += [[{"vector": "v6", "scale": s}, {"vector": "v7", "scale": 2 * s, "layers": [1, 2]}] for s in (1.0, 2.0, -0.5)]
+    prompts = [f"the quick brown fox number {i}" for i in range(len(specs))]
+    budget = engine.llm_engine.engine_core.engine_core.scheduler._cast_budget
+    waits, loads = budget.waits, engine.steering_stats()[0]["loads"]
+    outs = engine.generate(prompts, [sp(s) for s in specs], use_tqdm=False)
+    hf, tok = hf_llama
+    for prompt, spec, out in zip(prompts, specs, outs):
+        comps = [SteeringComponent(**c) for c in (spec if isinstance(spec, list) else [spec])]
+        ref, _ = greedy_generate(hf, tok(prompt)["input_ids"], 6, [(c, vectors[c.vector]) for c in comps])
+        assert list(out.outputs[0].token_ids) == ref, spec
+    assert budget.waits == waits, "requests that differ only in scale must not wait for slots"
+    assert engine.steering_stats()[0]["loads"] - loads <= 2, "one row for the sweep, one for the mix"

@@ -77,3 +77,23 @@ def test_our_errors_share_one_base():
                     and not issubclass(obj, CastVllmError)):
                 loose.append(f"{info.name}.{name}")
     assert not loose, f"derive these from cast_vllm.errors.CastVllmError: {loose}"
+
+
+@pytest.mark.parametrize("max_num_seqs,layers,hidden,slots", [
+    (8, 30, 576, 8),            # the default model in the tests: one slot per sequence
+    (256, 32, 4096, 256),       # a 7B model: 135 MB of table
+    (1024, 80, 8192, 256),      # capped at 256 (EasySteer's rule)
+    (512, 128, 16384, 127),     # a 1 GiB table holds only 127 rows this wide
+])
+def test_default_slots_follow_max_num_seqs_within_bounds(max_num_seqs, layers, hidden, slots):
+    from cast_vllm.engine.settings import MAX_AUTO_TABLE_BYTES, auto_slots
+
+    assert auto_slots(max_num_seqs, layers, hidden) == slots
+    assert slots * layers * (4 * hidden + 4) <= MAX_AUTO_TABLE_BYTES
+
+
+def test_explicit_slots_win_and_auto_is_not_written_to_the_config():
+    from cast_vllm.engine.settings import SteeringSettings
+
+    assert "cast_max_steering_vectors" not in SteeringSettings(("d",)).to_overrides()
+    assert SteeringSettings(("d",), 5).to_overrides()["cast_max_steering_vectors"] == 5

@@ -13,7 +13,7 @@ import pytest
 
 from cast_vllm.evaluation.config import EvalConfig, EvalConfigError
 from cast_vllm.evaluation.engine import EvalEngine
-from cast_vllm.evaluation.methods import METHODS, MethodError
+from cast_vllm.evaluation.methods import DERIVED_METHODS, METHODS, MethodError
 from cast_vllm.evaluation.protocol import evaluate
 from cast_vllm.evaluation.report import render_markdown, write_report
 from cast_vllm.evaluation.splits import EvalDataError, normalise_text
@@ -117,11 +117,23 @@ def test_splits_are_disjoint_and_balanced(full_run, data):
     assert sum(labels[i] for i in test) == 6                    # 2:1 file, balanced test part
 
 
+def test_calibrated_zero_shot_is_zero_shot_with_the_dev_label_prior_removed(full_run):
+    result, _ = full_run
+    zero, calibrated = result["methods"]["zero_shot"], result["methods"]["calibrated_zero_shot"]
+    assert calibrated["accuracy"] == pytest.approx(zero["accuracy_calibrated"])
+    assert calibrated["latency_ms_per_query"] == zero["latency_ms_per_query"]
+    assert "calibrated_zero_shot" in result["significance"]       # paired against zero-shot like every method
+    # a different answer on some item exactly where the two disagree
+    flips = sum(a != b for a, b in zip(calibrated["correct"][0], zero["correct"][0]))
+    assert abs(calibrated["accuracy"] - zero["accuracy"]) * len(zero["correct"][0]) <= flips
+
+
 def test_every_method_sees_the_identical_test_items(full_run):
     result, audit = full_run
     test_ids = result["splits"]["test_ids"]
     test_calls = [a for a in audit if a.phase == "test"]
-    assert {a.method for a in test_calls} == set(METHODS)
+    # calibrated zero-shot is scored from zero-shot's answers: no engine call of its own
+    assert {a.method for a in test_calls} == set(METHODS) - set(DERIVED_METHODS)
     for a in test_calls:
         n_runs = len(result["methods"][a.method]["correct"])
         assert a.item_ids == test_ids * n_runs, a.method     # same items, same order, every seed

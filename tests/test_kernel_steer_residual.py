@@ -39,7 +39,8 @@ UNUSED_SLOT = 99
 
 
 def make_case(num_tokens, hidden_size, dtype, seed=0, row_stride=None):
-    """Every slot once T >= 5 (T = 1 gets a norm-mode row), rows strided when ``row_stride`` is given."""
+    """Every slot once T >= 5 (T = 1 gets a norm-mode row), rows strided when ``row_stride`` is given;
+    per-token scales of both signs, 1 and 0 among them (0: unsteered, whatever the row)."""
     g = torch.Generator().manual_seed(seed)
     width = row_stride or hidden_size
     start = width - hidden_size
@@ -52,7 +53,11 @@ def make_case(num_tokens, hidden_size, dtype, seed=0, row_stride=None):
     cycle = (torch.arange(num_tokens, dtype=torch.int32) + 2) % len(MODES)
     slots[:num_tokens] = cycle[torch.randperm(num_tokens, generator=g)]
     modes = torch.tensor(MODES, dtype=torch.int32)
-    return hidden, residual, table, modes, slots
+    scales = torch.full((num_tokens + 3,), 1e30)   # past T: never read (it would blow the output up)
+    scales[:num_tokens] = 2.0 * torch.randn(num_tokens, generator=g)
+    scales[:num_tokens:4] = 1.0
+    scales[2:num_tokens:7] = 0.0
+    return hidden, residual, table, modes, slots, scales
 
 
 def bits(x):
@@ -60,12 +65,12 @@ def bits(x):
     return x.view({4: torch.int32, 2: torch.int16}[x.element_size()])
 
 
-def naive_steer(hidden, residual, table, modes, token_slots):
+def naive_steer(hidden, residual, table, modes, token_slots, token_scales):
     """One token at a time, straight from the formulas, in float64."""
     out = residual.clone()
     for t in range(residual.shape[0]):
         slot = int(token_slots[t])
-        d = table[slot].double()
+        d = table[slot].double() * float(token_scales[t])
         if not d.any():
             continue
         x, r = hidden[t].double(), residual[t].double()
@@ -78,12 +83,15 @@ def naive_steer(hidden, residual, table, modes, token_slots):
     return out
 
 
-def assert_matches(actual, expected, residual, token_slots):
-    """Close everywhere, bitwise equal to the input residual on the zero rows."""
+def assert_matches(actual, expected, case):
+    """Close everywhere, bitwise equal to the input residual on zero rows and zero scales."""
+    residual, token_slots, token_scales = case[1], case[4], case[5]
     tol = TOLERANCE[residual.dtype]
     assert actual.dtype == residual.dtype and actual.shape == residual.shape
     torch.testing.assert_close(actual.float(), expected.float(), atol=tol, rtol=tol)
-    unsteered = torch.isin(token_slots[: residual.shape[0]], torch.tensor(ZERO_ROWS, dtype=torch.int32))
+    n = residual.shape[0]
+    unsteered = torch.isin(token_slots[:n], torch.tensor(ZERO_ROWS, dtype=torch.int32)) | (token_scales[:n] == 0)
+    assert unsteered.any() or n < 3
     assert torch.equal(bits(actual[unsteered]), bits(residual[unsteered]))
 
 
@@ -96,15 +104,16 @@ def test_reference_matches_naive_loop(num_tokens, hidden_size, dtype):
     case = make_case(num_tokens, hidden_size, dtype)
     inputs = [t.clone() for t in case]
     out = steer_residual_reference(*case)
-    assert_matches(out, naive_steer(*case), case[1], case[4])
+    assert_matches(out, naive_steer(*case), case)
     for before, after in zip(inputs, case):
         assert torch.equal(before, after)
 
 
 def test_reference_preserves_the_stream_norm():
-    hidden, residual, table, modes, slots = make_case(33, 576, torch.float32)
-    out = steer_residual_reference(hidden, residual, table, modes, slots)
-    norm_rows = (modes[slots[:33].long()] == MODE_NORM_PRESERVING) & ~torch.isin(slots[:33], torch.tensor(ZERO_ROWS))
+    hidden, residual, table, modes, slots, scales = make_case(33, 576, torch.float32)
+    out = steer_residual_reference(hidden, residual, table, modes, slots, scales)
+    norm_rows = ((modes[slots[:33].long()] == MODE_NORM_PRESERVING) & ~torch.isin(slots[:33], torch.tensor(ZERO_ROWS))
+                 & (scales[:33] != 0))
     assert norm_rows.any()
     torch.testing.assert_close(
         (hidden + out)[norm_rows].norm(dim=-1), (hidden + residual)[norm_rows].norm(dim=-1)
@@ -137,8 +146,8 @@ def test_mode_ids_are_defined_once():
 
 def test_fake_impl_has_the_output_shape():
     """What torch.compile sees for the custom op: an uninitialised tensor like ``residual``."""
-    hidden, residual, table, modes, slots = make_case(7, 100, torch.bfloat16)
-    fake = sr._fake_steer_residual(hidden, residual, table, modes, slots)
+    fake = sr._fake_steer_residual(*make_case(7, 100, torch.bfloat16))
+    residual = make_case(7, 100, torch.bfloat16)[1]
     assert fake.shape == residual.shape and fake.dtype == residual.dtype
 
 
@@ -180,7 +189,7 @@ def test_interp_kernel_matches_reference(interpreted_kernel, num_tokens, hidden_
     case = make_case(num_tokens, hidden_size, dtype, seed=num_tokens * hidden_size)
     inputs = [t.clone() for t in case]
     out = steer_residual_triton(*case)
-    assert_matches(out, steer_residual_reference(*case), case[1], case[4])
+    assert_matches(out, steer_residual_reference(*case), case)
     for before, after in zip(inputs, case):
         assert torch.equal(before, after)
 
@@ -193,7 +202,7 @@ def test_interp_kernel_strided_rows(interpreted_kernel, dtype):
     assert all(t.stride(0) == 160 and not t.is_contiguous() for t in case[:3])
     out = steer_residual_triton(*case)
     assert out.is_contiguous()
-    assert_matches(out, steer_residual_reference(*case), case[1], case[4])
+    assert_matches(out, steer_residual_reference(*case), case)
 
 
 @interp_only
@@ -209,7 +218,7 @@ def test_interp_kernel_one_launch_per_batch(interpreted_kernel, monkeypatch):
     case = make_case(33, 576, torch.bfloat16)
     out = steer_residual_triton(*case)
     assert launches == [(33,)]
-    assert_matches(out, steer_residual_reference(*case), case[1], case[4])
+    assert_matches(out, steer_residual_reference(*case), case)
 
 
 @needs_triton
@@ -221,4 +230,4 @@ def test_compiled_kernel_on_cuda(num_tokens, hidden_size, dtype):
     op = steering_fn(case[1].device)
     assert op is not steer_residual_reference   # the registered custom op, torch.ops.cast_vllm.steer_residual
     out = op(*case)
-    assert_matches(out.cpu(), steer_residual_reference(*case).cpu(), case[1].cpu(), case[4].cpu())
+    assert_matches(out.cpu(), steer_residual_reference(*case).cpu(), [t.cpu() for t in case])

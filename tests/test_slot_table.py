@@ -25,9 +25,10 @@ def table():
     return t, layers
 
 
-def run_step(table, layers, slots, dtype=torch.float32):
+def run_step(table, layers, slots, dtype=torch.float32, scales=None):
     host = table.host_token_slots()
     host[: len(slots)] = slots
+    table.host_token_scales()[: len(slots)] = scales if scales is not None else [1.0] * len(slots)
     table.publish_token_slots(len(slots))
     g = torch.Generator().manual_seed(1)
     hidden = torch.randn(len(slots), HIDDEN, generator=g).to(dtype)
@@ -35,7 +36,8 @@ def run_step(table, layers, slots, dtype=torch.float32):
     outs = []
     for i, layer in enumerate(layers):
         _, got = layer(None, hidden, residual)
-        want = steer_residual_reference(hidden, residual, table.rows[i], table.modes[i], table.token_slots)
+        want = steer_residual_reference(hidden, residual, table.rows[i], table.modes[i], table.token_slots,
+                                        table.token_scales)
         outs.append((got, want))
     return outs
 
@@ -49,6 +51,23 @@ def test_eager_path_matches_full_op(table, slots, path, dtype):
     for got, want in outs:
         assert got.dtype == dtype
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("slots", [[0, 1, 1, 0], [1, 2, 0]])
+def test_per_token_scales_scale_the_row(table, slots):
+    """Scale s on an unscaled row gives the bits a row holding s * v gave before (the same
+    float32 product), on both eager paths; scale 0 leaves the token as it came."""
+    t, layers = table
+    scales = torch.tensor([0.5, -2.0, 3.25, 0.0][: len(slots)])
+    outs = run_step(t, layers, slots, scales=scales.numpy())
+    g = torch.Generator().manual_seed(1)   # run_step's inputs
+    _, residual = torch.randn(len(slots), HIDDEN, generator=g), torch.randn(len(slots), HIDDEN, generator=g)
+    index = torch.tensor(slots)
+    for i, (got, want) in enumerate(outs):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        add = t.modes[i][index] == 0
+        assert torch.equal(got[add], (residual + t.rows[i][index] * scales[:, None])[add])
+        assert torch.equal(got[scales == 0], residual[scales == 0])
 
 
 def test_path_follows_each_step(table):

@@ -57,12 +57,14 @@ def make_inputs(num_tokens: int, hidden_size: int, rows: int, mode: int, device:
     table[0] = 0.0
     modes = torch.full((rows + 1,), mode, dtype=torch.int32, device=device)
     slots = (torch.arange(num_tokens, device=device, dtype=torch.int32) % rows) + 1
-    return hidden, residual, table, modes, slots
+    scales = 0.5 + torch.rand(num_tokens, device=device, generator=g)
+    return hidden, residual, table, modes, slots, scales
 
 
 def bytes_moved(num_tokens: int, hidden_size: int, mode: int) -> int:
     streams = 3 if mode == MODE_NORM_PRESERVING else 2  # hidden, residual, out (bf16)
-    return num_tokens * hidden_size * (2 * streams + 4)  # + one float32 row per token
+    # + one float32 row per token, and its slot and scale
+    return num_tokens * hidden_size * (2 * streams + 4) + num_tokens * 8
 
 
 def time_cpu_ms(fn, min_time_s: float = 0.5, max_runs: int = 20) -> float:

@@ -162,10 +162,10 @@ def _run(args) -> int:
                               engine_kwargs=engine_kwargs)
             for r in suite["pairs"]:
                 print(_summary(r), end="\n\n")
-            from cast_vllm.evaluation.report import goal_check
+            from cast_vllm.evaluation.report import goal_check, with_calibrated_zero_shot
             from cast_vllm.evaluation.suite import output_stem
 
-            print(json.dumps(goal_check(suite["pairs"]), indent=1))
+            print(json.dumps(goal_check(with_calibrated_zero_shot(suite["pairs"])), indent=1))
             print(f"wrote {Path(args.out_dir) / output_stem(args.model)}.{{json,md,png}}")
             return 0
         missing = [o for o in ("source", "target", "task") if not getattr(args, o)]

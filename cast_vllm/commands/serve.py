@@ -8,7 +8,7 @@ Options not listed here are vLLM server options and go to vLLM unchanged (``--ap
 
 def add_arguments(p):
     from cast_vllm.engine.settings import (DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_SCALE,
-                                           DEFAULT_MAX_STEERING_VECTORS, DEFAULT_MAX_UPLOAD_BYTES,
+                                           AUTO_SLOT_CAP, DEFAULT_MAX_UPLOAD_BYTES,
                                            DEFAULT_MAX_UPLOADED_VECTORS)
     from cast_vllm.serving.server import DEFAULT_HOST, DEFAULT_PORT
 
@@ -18,8 +18,9 @@ def add_arguments(p):
                    help="directory of steering vectors, by file stem (default: $CAST_VLLM_HOME/vectors)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"bind address (default {DEFAULT_HOST}: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--max-steering-vectors", type=int, default=DEFAULT_MAX_STEERING_VECTORS,
-                   help="steering slots: distinct steering configurations one batch can hold")
+    p.add_argument("--max-steering-vectors", type=int, default=None,
+                   help="steering slots: distinct steering configurations one batch can hold (default: vLLM's "
+                        f"--max-num-seqs, at most {AUTO_SLOT_CAP} and 1 GiB of table)")
     p.add_argument("--max-steering-scale", type=float, default=DEFAULT_MAX_SCALE,
                    help="largest |scale| a request may ask for")
     p.add_argument("--upload-dir", default=None,

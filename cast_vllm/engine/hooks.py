@@ -43,7 +43,7 @@ def _admission_of(processor):
         hf_config = processor.model_config.hf_config
         admission = None
         if is_steering_model(hf_config):
-            admission = Admission(SteeringSettings.from_hf_config(hf_config),
+            admission = Admission(SteeringSettings.of_engine(processor.vllm_config),
                                   processor.model_config.get_hidden_size(),
                                   processor.model_config.get_num_layers(processor.vllm_config.parallel_config))
         processor._cast_admission = admission
@@ -123,7 +123,7 @@ def _patch_scheduler() -> None:
         budget = getattr(scheduler, "_cast_budget", _MISSING)
         if budget is _MISSING:
             hf_config = scheduler.vllm_config.model_config.hf_config
-            budget = (SlotBudget(SteeringSettings.from_hf_config(hf_config).max_steering_vectors)
+            budget = (SlotBudget(SteeringSettings.of_engine(scheduler.vllm_config).max_steering_vectors)
                       if is_steering_model(hf_config) else None)
             scheduler._cast_budget = budget
         return budget

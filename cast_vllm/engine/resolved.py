@@ -12,6 +12,7 @@ at admission (``spec.RESERVED_PREFIX``, HTTP 400), and admission always writes t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from cast_vllm.spec import PHASE_GENERATED, PHASE_LAST_PROMPT, PHASE_PROMPT, phase_masks
 
@@ -40,6 +41,24 @@ class ResolvedSteering:
     key: str                                  # sha256 of the canonical components
     components: tuple[ResolvedComponent, ...]
     slots: int                                # slot rows the request needs (one per distinct active set)
+
+    def row_of(self, active: tuple[int, ...]) -> tuple[tuple, float]:
+        """(row key, token scale) of the components ``active``.
+
+        A slot row holds the components' directions with scales relative to the first non-zero
+        one, and each token carries that scale: the same steering at any overall scale (an
+        alpha sweep) shares one row. Equal keys mean equal rows; all-zero scales give scale 0,
+        which leaves tokens unsteered whatever the row holds.
+        """
+        comps = [self.components[i] for i in active]
+        lead = next((c.scale for c in comps if c.scale != 0), 0.0)
+        key = tuple((c.content_hash, c.scale / lead if lead else 1.0, c.layers, c.mode) for c in comps)
+        return key, lead
+
+    @cached_property
+    def budget_key(self) -> tuple:
+        """Requests with equal budget keys need the same rows (the scheduler counts them once)."""
+        return self.row_of(tuple(range(len(self.components))))[0]
 
     @property
     def phase_masks(self) -> dict[int, tuple[int, ...]]:

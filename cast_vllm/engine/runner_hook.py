@@ -39,6 +39,7 @@ class StepIndexer:
     def index(self, req_ids, query_start_loc, num_computed, steering_of) -> None:
         """Fill the token -> slot index for one step; ``steering_of(req_id)`` gives request_steering()."""
         host = self.table.host_token_slots()
+        scales = self.table.host_token_scales()
         self.manager.begin_step()
         num_tokens = 0
         num_reqs = len(req_ids)
@@ -59,7 +60,7 @@ class StepIndexer:
                 for phase, lo, hi in ((PHASE_PROMPT, start, cut_last), (PHASE_LAST_PROMPT, cut_last, cut_gen),
                                       (PHASE_GENERATED, cut_gen, end)):
                     if hi > lo and phase in masks:
-                        host[lo:hi] = self.manager.slot_for(resolved, masks[phase])
+                        host[lo:hi], scales[lo:hi] = self.manager.slot_for(resolved, masks[phase])
             except VectorFileError as exc:
                 # The engine core verified the vector a moment ago; it vanished since (both blob
                 # and source). Failing here would stop the engine for every request.

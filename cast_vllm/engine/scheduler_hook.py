@@ -32,7 +32,7 @@ class SlotBudget:
         self.failed = 0             # requests finished with an error (unloadable vector)
         self.blobs = BlobCache(capacity=64)
         self._counted = 0           # leading entries of scheduler.running already in _used
-        self._used: dict[str, int] = {}
+        self._used: dict[tuple, int] = {}   # budget key -> rows (equal keys share rows)
         self._holding = False
 
     def begin_step(self) -> None:
@@ -42,7 +42,7 @@ class SlotBudget:
         for request in running[self._counted:]:
             r = resolved_of(request.sampling_params)
             if r is not None:
-                self._used[r.key] = r.slots
+                self._used[r.budget_key] = r.slots
         self._counted = len(running)
 
     def admit(self, scheduler, request) -> bool:
@@ -54,7 +54,7 @@ class SlotBudget:
             scheduler.grammar_compile_error_reqs.add(request.request_id)  # vLLM's "finish with error" set
             return False
         self._count_running(scheduler.running)
-        if r.key in self._used and not self._holding:
+        if r.budget_key in self._used and not self._holding:
             return True
         if self._holding or sum(self._used.values()) + r.slots > self.max_slots:
             self._holding = True

@@ -9,13 +9,14 @@ of ours, so the endpoint plugin takes them from the same ``hf_overrides``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cast_vllm import envs
 from cast_vllm.home import cast_home
 
 PREFIX = "cast_"
-DEFAULT_MAX_STEERING_VECTORS = 16
+AUTO_SLOT_CAP = 256                     # EasySteer's default: min(256, max_num_seqs)
+MAX_AUTO_TABLE_BYTES = 1 << 30          # automatic slots never take more table than this
 DEFAULT_MAX_SCALE = 1000.0
 DEFAULT_MAX_UPLOAD_BYTES = 16 << 20
 DEFAULT_MAX_UPLOADED_VECTORS = 256
@@ -25,22 +26,44 @@ DEFAULT_MAX_CONCURRENT_UPLOADS = 4
 @dataclass(frozen=True)
 class SteeringSettings:
     vector_dirs: tuple[str, ...]
-    max_steering_vectors: int = DEFAULT_MAX_STEERING_VECTORS
+    max_steering_vectors: int | None = None    # None: auto_slots() of the engine (resolved())
     max_scale: float = DEFAULT_MAX_SCALE
 
     def to_overrides(self) -> dict:
-        return {f"{PREFIX}vector_dirs": list(self.vector_dirs),
-                f"{PREFIX}max_steering_vectors": self.max_steering_vectors,
-                f"{PREFIX}max_scale": self.max_scale}
+        out = {f"{PREFIX}vector_dirs": list(self.vector_dirs), f"{PREFIX}max_scale": self.max_scale}
+        if self.max_steering_vectors is not None:
+            out[f"{PREFIX}max_steering_vectors"] = self.max_steering_vectors
+        return out
 
     @classmethod
     def from_hf_config(cls, hf_config) -> "SteeringSettings":
         dirs = getattr(hf_config, f"{PREFIX}vector_dirs", None) or [default_vector_dir()]
+        slots = getattr(hf_config, f"{PREFIX}max_steering_vectors", None)
         return cls(
             vector_dirs=tuple(dirs),
-            max_steering_vectors=int(getattr(hf_config, f"{PREFIX}max_steering_vectors", DEFAULT_MAX_STEERING_VECTORS)),
+            max_steering_vectors=int(slots) if slots is not None else None,
             max_scale=float(getattr(hf_config, f"{PREFIX}max_scale", DEFAULT_MAX_SCALE)),
         )
+
+    @classmethod
+    def of_engine(cls, vllm_config) -> "SteeringSettings":
+        """The settings with the slot count every engine process agrees on: the front end
+        (admission), the scheduler (budget) and each worker (table) all call this."""
+        settings = cls.from_hf_config(vllm_config.model_config.hf_config)
+        if settings.max_steering_vectors is not None:
+            return settings
+        model = vllm_config.model_config
+        slots = auto_slots(vllm_config.scheduler_config.max_num_seqs, model.get_total_num_hidden_layers(),
+                           model.get_hidden_size())
+        return replace(settings, max_steering_vectors=slots)
+
+
+def auto_slots(max_num_seqs: int, num_layers: int, hidden_size: int) -> int:
+    """One slot per sequence the engine can run at once, so up to ``max_num_seqs`` distinct
+    steering configurations in a batch never wait; capped at ``AUTO_SLOT_CAP`` and at
+    ``MAX_AUTO_TABLE_BYTES`` of float32 table (a 7B model at 256 slots: 135 MB)."""
+    per_slot = num_layers * (4 * hidden_size + 4)
+    return max(1, min(max_num_seqs, AUTO_SLOT_CAP, MAX_AUTO_TABLE_BYTES // per_slot))
 
 
 @dataclass(frozen=True)

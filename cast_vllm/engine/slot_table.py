@@ -4,9 +4,13 @@ Like vLLM's LoRA punica buffers: allocated once at model construction, updated o
 (outside the compiled region), so torch.compile (traced once) and CUDA graphs (fixed
 addresses) always read current values. Row 0 of every layer is zero: "not steered".
 
-  rows        [num_layers, slots + 1, hidden]  float32, scale already applied
-  modes       [num_layers, slots + 1]          int32, ``cast_vllm.kernels.modes.MODE_IDS``
-  token_slots [max_tokens]                     int32, the row each scheduled token reads
+  rows         [num_layers, slots + 1, hidden]  float32, unscaled directions
+  modes        [num_layers, slots + 1]          int32, ``cast_vllm.kernels.modes.MODE_IDS``
+  token_slots  [max_tokens]                     int32, the row each scheduled token reads
+  token_scales [max_tokens]                     float32, the scale each scheduled token applies
+
+The scale lives with the token, not in the row, so one vector at any number of scales (an
+alpha sweep in one batch, per-request continuous scales) takes one row.
 """
 
 from __future__ import annotations
@@ -38,11 +42,12 @@ class SteeredLayerMixin:
         hidden_states, residual = super().forward(positions, hidden_states, residual, *args, **kwargs)
         path = STEP_FULL if torch.compiler.is_compiling() else self.cast_table.eager_path
         if path == STEP_ADD:
-            slots = self.cast_token_slots[: residual.shape[0]].long()
-            residual = (residual.float() + self.cast_rows[slots]).to(residual.dtype)
+            n = residual.shape[0]
+            d = self.cast_rows[self.cast_token_slots[:n].long()] * self.cast_token_scales[:n, None]
+            residual = (residual.float() + d).to(residual.dtype)
         elif path == STEP_FULL:
             residual = self.cast_steer(hidden_states, residual, self.cast_rows, self.cast_modes,
-                                       self.cast_token_slots)
+                                       self.cast_token_slots, self.cast_token_scales)
         return hidden_states, residual
 
 
@@ -65,7 +70,9 @@ class SlotTable:
         self.rows = torch.zeros(self.num_layers, num_slots + 1, hidden_size, dtype=torch.float32, device=device)
         self.modes = torch.zeros(self.num_layers, num_slots + 1, dtype=torch.int32, device=device)
         self.token_slots = torch.zeros(max_tokens, dtype=torch.int32, device=device)
+        self.token_scales = torch.zeros(max_tokens, dtype=torch.float32, device=device)
         self._host_slots = np.zeros(max_tokens, dtype=np.int32)
+        self._host_scales = np.zeros(max_tokens, dtype=np.float32)
         self._dirty_tokens = 0  # leading entries of token_slots that may be non-zero
         # Eager shortcuts are for the CPU reference only: the CUDA kernel is already one launch.
         self._eager_shortcuts = self.rows.device.type == "cpu"
@@ -80,9 +87,11 @@ class SlotTable:
             layer.register_buffer("cast_rows", self.rows[i], persistent=False)
             layer.register_buffer("cast_modes", self.modes[i], persistent=False)
             layer.register_buffer("cast_token_slots", self.token_slots, persistent=False)
+            layer.register_buffer("cast_token_scales", self.token_scales, persistent=False)
             object.__setattr__(layer, "cast_steer", steer)
             object.__setattr__(layer, "cast_table", self)
-        nbytes = sum(t.numel() * t.element_size() for t in (self.rows, self.modes, self.token_slots))
+        nbytes = sum(t.numel() * t.element_size() for t in (self.rows, self.modes, self.token_slots,
+                                                            self.token_scales))
         logger.info("steering slot table: %d layers x %d slots x %d hidden, %d tokens: %.2f MiB on %s",
                     self.num_layers, num_slots, hidden_size, max_tokens, nbytes / 2**20, device)
 
@@ -102,8 +111,12 @@ class SlotTable:
     def host_token_slots(self) -> np.ndarray:
         return self._host_slots
 
+    def host_token_scales(self) -> np.ndarray:
+        """Read only where ``host_token_slots`` is non-zero (row 0 is zero at any scale)."""
+        return self._host_scales
+
     def publish_token_slots(self, num_tokens: int) -> None:
-        """Copy the first ``num_tokens`` host entries to the device; entries past them become 0."""
+        """Copy the first ``num_tokens`` host slots and scales to the device; slots past them become 0."""
         if num_tokens > self.max_tokens:
             raise RuntimeError(f"{num_tokens} tokens exceed the steering index buffer ({self.max_tokens})")
         n = max(num_tokens, self._dirty_tokens)
@@ -115,7 +128,8 @@ class SlotTable:
         if n == 0:
             return
         self._host_slots[num_tokens:n] = 0
-        src = torch.from_numpy(self._host_slots[:n])
-        for buf in {id(layer.cast_token_slots): layer.cast_token_slots for _, layer in self.layers}.values():
-            buf[:n].copy_(src, non_blocking=True)
+        slots, scales = torch.from_numpy(self._host_slots[:n]), torch.from_numpy(self._host_scales[:n])
+        for _, layer in {id(layer.cast_token_slots): (i, layer) for i, layer in self.layers}.values():
+            layer.cast_token_slots[:n].copy_(slots, non_blocking=True)
+            layer.cast_token_scales[:n].copy_(scales, non_blocking=True)
         self._dirty_tokens = num_tokens if active else 0

@@ -18,7 +18,7 @@ class SteeringState:
     """Everything the worker keeps for steering; reached from the runner via ``model.cast_steering``."""
 
     def __init__(self, model, vllm_config):
-        settings = SteeringSettings.from_hf_config(vllm_config.model_config.hf_config)
+        settings = SteeringSettings.of_engine(vllm_config)
         layers = decoder_layers(model)
         sched = vllm_config.scheduler_config
         capture = getattr(vllm_config.compilation_config, "max_cudagraph_capture_size", None) or 0

@@ -28,12 +28,17 @@ import numpy as np
 from cast_vllm.errors import CastVllmError
 from cast_vllm.method.tasks import TaskItem, TaskSpec, plain_prompt
 
-METHODS = ("zero_shot", "icl", "cast", "cast_random_selection", "mean_diff", "random_vector", "target_icl")
+METHODS = ("zero_shot", "calibrated_zero_shot", "icl", "cast", "cast_random_selection", "mean_diff", "random_vector",
+           "target_icl")
 STEERED_METHODS = ("cast", "cast_random_selection", "mean_diff", "random_vector")
 TUNED_STEERED = ("cast", "cast_random_selection", "mean_diff")   # random_vector reuses cast's setting
 ICL_METHODS = ("icl", "target_icl")
+#: scored from another method's answers, with no engine run of their own
+DERIVED_METHODS = ("calibrated_zero_shot",)
 DESCRIPTIONS = {
     "zero_shot": "target query only",
+    "calibrated_zero_shot": "zero-shot answers with dev-set batch calibration (label scoring; the same as zero-shot "
+                            "under generation scoring, which has no label prior to correct)",
     "icl": "cross-task ICL: k retrieved source demonstrations in the prompt",
     "cast": "zero-shot + CAST vector (IDEAL-selected source samples)",
     "cast_random_selection": "zero-shot + CAST vector from randomly selected source samples",

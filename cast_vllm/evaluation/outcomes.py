@@ -1,7 +1,12 @@
 """Phase 5 of the protocol (test phase): every method at its dev-chosen setting on the same test
 items, in one batched engine call, steered methods once per seed. Each run is scored with the
 configured calibration (its bias from the dev answers at the same setting) and, with label
-scoring, also without and with dev calibration (the report's secondary table)."""
+scoring, also without and with dev calibration (the report's secondary table).
+
+``calibrated_zero_shot`` runs nothing: it is zero-shot's test answers with the label prior
+measured on zero-shot's dev answers removed (batch calibration), the baseline any gain from
+steering a small model must beat, since much of such a gain can be label-bias correction
+(bench/results/transfer_notes.md). Under generation scoring it equals zero-shot."""
 
 from __future__ import annotations
 
@@ -54,4 +59,14 @@ def run_test_phase(ctx: RunContext, data: EvalData, prompted: PromptedDev, vecto
             outcome.raw_accuracy = ctx.assess(test, data.test, None).accuracy
             outcome.calibrated_accuracy = ctx.assess(test, data.test, ctx.label_bias(dev, data.dev)).accuracy
         outcomes.setdefault(job.method, []).append(outcome)
+    if "calibrated_zero_shot" in ctx.cfg.methods:
+        outcomes["calibrated_zero_shot"] = [calibrated_zero_shot(ctx, data, prompted, answers[ZERO_SHOT])]
     return TestRuns(jobs, outcomes)
+
+
+def calibrated_zero_shot(ctx: RunContext, data: EvalData, prompted: PromptedDev, zero_test: Answers) -> Outcome:
+    if ctx.labels is None:
+        return ctx.assess(zero_test, data.test)
+    outcome = ctx.assess(zero_test, data.test, ctx.label_bias(prompted.chosen_dev_answers("zero_shot"), data.dev))
+    outcome.raw_accuracy = outcome.calibrated_accuracy = outcome.accuracy
+    return outcome

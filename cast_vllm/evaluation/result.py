@@ -28,6 +28,8 @@ from cast_vllm.evaluation.stats import mcnemar_exact, paired_bootstrap
 from cast_vllm.evaluation.steered import SteeredDev, Vectors
 
 RESULT_FORMAT = "cast-vllm-eval/1"
+#: a derived method costs what the method it is scored from costs
+DERIVED_FROM = {"calibrated_zero_shot": "zero_shot"}
 
 
 @dataclass
@@ -118,7 +120,7 @@ def _method_entry(r: PhaseResults, method: str, runs: list[Outcome], label_keys:
     """Accuracy, label shares, cost, and what dev chose for ``method``."""
     cfg = r.ctx.cfg
     accs = [o.accuracy for o in runs]
-    latency = r.latency.get(method)
+    latency = r.latency.get(method) or r.latency.get(DERIVED_FROM.get(method, ""))
     entry: dict[str, Any] = {
         "accuracy": float(np.mean(accs)),
         "accuracy_std": float(np.std(accs)),
@@ -144,6 +146,9 @@ def _method_entry(r: PhaseResults, method: str, runs: list[Outcome], label_keys:
         entry["tuned"] = "own search" if method in r.steered.tuned else "cast's setting"
         entry["vector_norms"] = {str(layer): round(n, 4)
                                  for layer, n in r.vectors.built[(method, seeds[0])].norms().items()}
+    elif method == "calibrated_zero_shot" and r.data.labels is not None:
+        dev = r.prompted.chosen_dev_answers("zero_shot")
+        entry["dev_accuracy"] = r.ctx.assess(dev, r.data.dev, r.ctx.label_bias(dev, r.data.dev)).accuracy
     else:
         entry["dev_accuracy"] = scores[ZERO_SHOT].accuracy
     return entry

@@ -3,14 +3,17 @@
 A vLLM decoder layer returns ``(hidden, residual)`` and the true residual stream is
 ``h = hidden + residual``. Steering rewrites only the residual half so the next layer's
 fused add + RMSNorm sees the steered stream. Each token looks up one row of a per-layer
-table through ``token_slots``; row 0 is all zeros and means "unsteered".
+table through ``token_slots`` and its own scale in ``token_scales``; row 0 is all zeros and
+means "unsteered". The table holds unscaled directions, so one vector at many scales (an alpha
+sweep, continuous scales per request) shares one row.
 
-Modes (``modes[slot]``), with ``d = table[slot]`` and everything computed in float32:
+Modes (``modes[slot]``), with ``d = token_scales[t] * table[slot]`` and everything computed in
+float32:
 
 - 0, add:             ``new_residual = residual + d``
 - 1, norm_preserving: ``hn = h + d``, ``new_residual = hn * ||h|| / max(||hn||, eps) - hidden``
 
-A token whose row is all zeros (slot 0 in particular) gets ``residual`` back bitwise, in
+A token whose ``d`` is all zeros (slot 0, or scale 0) gets ``residual`` back bitwise, in
 either mode, so unsteered requests in a mixed batch match an engine without steering.
 
 Everything about the op is here:
@@ -44,13 +47,13 @@ EPS = 1e-6
 
 
 def steer_residual_reference(
-    hidden: Tensor, residual: Tensor, table: Tensor, modes: Tensor, token_slots: Tensor
+    hidden: Tensor, residual: Tensor, table: Tensor, modes: Tensor, token_slots: Tensor, token_scales: Tensor
 ) -> Tensor:
     """Both modes are computed for every token and selected with ``where``: the graph is
     traced once and replayed, so it cannot branch on tensor values."""
     num_tokens = residual.shape[0]
     slots = token_slots[:num_tokens].long()
-    d = table[slots]
+    d = table[slots] * token_scales[:num_tokens, None]
     r = residual.float()
     x = hidden.float()
     h = x + r
@@ -74,6 +77,7 @@ if triton is not None:
         table_ptr,
         modes_ptr,
         slots_ptr,
+        scales_ptr,
         out_ptr,
         stride_hidden,
         stride_residual,
@@ -91,8 +95,9 @@ if triton is not None:
 
         slot = tl.load(slots_ptr + token).to(tl.int64)
         mode = tl.load(modes_ptr + slot)
+        token_scale = tl.load(scales_ptr + token)
         r_in = tl.load(residual_ptr + token * stride_residual + cols, mask=mask, other=0.0)
-        d = tl.load(table_ptr + slot * stride_table + cols, mask=mask, other=0.0)
+        d = tl.load(table_ptr + slot * stride_table + cols, mask=mask, other=0.0) * token_scale
         r = r_in.to(tl.float32)
 
         if mode == NORM_PRESERVING:  # hidden is only read on this path
@@ -117,7 +122,7 @@ def _num_warps(block_h: int) -> int:
 
 
 def steer_residual_triton(
-    hidden: Tensor, residual: Tensor, table: Tensor, modes: Tensor, token_slots: Tensor
+    hidden: Tensor, residual: Tensor, table: Tensor, modes: Tensor, token_slots: Tensor, token_scales: Tensor
 ) -> Tensor:
     """One program per token, the whole row in registers, so both norms need one pass."""
     if triton is None:
@@ -134,8 +139,11 @@ def steer_residual_triton(
         )
     if modes.dtype != torch.int32 or token_slots.dtype != torch.int32:
         raise ValueError("modes and token_slots must be int32")
-    if token_slots.shape[0] < num_tokens:
-        raise ValueError(f"token_slots has {token_slots.shape[0]} entries for {num_tokens} tokens")
+    if token_scales.dtype != torch.float32:
+        raise ValueError(f"token_scales must be float32, got {token_scales.dtype}")
+    if token_slots.shape[0] < num_tokens or token_scales.shape[0] < num_tokens:
+        raise ValueError(f"token_slots / token_scales have {token_slots.shape[0]} / {token_scales.shape[0]} "
+                         f"entries for {num_tokens} tokens")
     if hidden.stride(-1) != 1 or residual.stride(-1) != 1 or table.stride(-1) != 1:
         raise ValueError("hidden, residual and table need a contiguous last dimension")
 
@@ -149,6 +157,7 @@ def steer_residual_triton(
         table,
         modes.contiguous(),
         token_slots.contiguous(),
+        token_scales.contiguous(),
         out,
         hidden.stride(0),
         residual.stride(0),
@@ -167,7 +176,7 @@ _lib = None  # the torch.library fragment holding the custom op, once registered
 
 
 def _fake_steer_residual(hidden: Tensor, residual: Tensor, table: Tensor, modes: Tensor,
-                         token_slots: Tensor) -> Tensor:
+                         token_slots: Tensor, token_scales: Tensor) -> Tensor:
     return torch.empty_like(residual)
 
 

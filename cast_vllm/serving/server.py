@@ -39,7 +39,7 @@ class ServeOptions:
     vector_dir: str
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    max_steering_vectors: int = 16
+    max_steering_vectors: int | None = None   # None: one per max_num_seqs (engine.settings.auto_slots)
     max_steering_scale: float = 1000.0
     upload_dir: str | None = None          # None: a private directory removed at exit
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
@@ -71,7 +71,7 @@ def build_server_args(options: ServeOptions, vllm_argv: list[str]) -> Namespace:
                         ("--max-upload-bytes", options.max_upload_bytes),
                         ("--max-uploaded-vectors", options.max_uploaded_vectors),
                         ("--max-concurrent-uploads", options.max_concurrent_uploads)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ServeError(f"{flag} must be >= 1, got {value}")
     parser = make_arg_parser(FlexibleArgumentParser(prog="cast-vllm serve"))
     args = parser.parse_args(["--model", options.model, "--host", options.host, "--port", str(options.port),
