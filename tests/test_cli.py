@@ -112,7 +112,7 @@ def test_extract_and_eval_read_model_values_like_serve(command, shared_data, tmp
 
 # ---- benchmarks from an installed package -------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["throughput", "serving", "latency", "extraction", "kernel"])
+@pytest.mark.parametrize("name", ["throughput", "serving", "latency", "extraction", "kernel", "scales"])
 def test_bench_help_works_outside_the_checkout(name):
     proc = _run(["bench", name, "--help"])
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -122,7 +122,7 @@ def test_bench_help_works_outside_the_checkout(name):
 
 def test_bench_scripts_in_the_checkout_are_thin_and_keep_their_cli():
     bench = Path(__file__).resolve().parents[1] / "bench"
-    for name in ("throughput", "serving", "extraction", "kernel"):
+    for name in ("throughput", "serving", "extraction", "kernel", "scales"):
         script = bench / f"{name}.py"
         assert len(script.read_text().splitlines()) < 20, f"{script} should only call cast_vllm.benchmarks.{name}"
     proc = subprocess.run([sys.executable, str(bench / "throughput.py"), "--help"], capture_output=True, text=True,
@@ -130,6 +130,20 @@ def test_bench_scripts_in_the_checkout_are_thin_and_keep_their_cli():
     assert proc.returncode == 0 and "usage: bench/throughput.py" in proc.stdout
     unwrapped = "".join(proc.stdout.split())
     assert str(bench / "results" / "throughput_cpu.json") in unwrapped   # the same result files as before
+
+
+def test_bench_scales_quick_writes_its_json(tiny_model_dir, tmp_path):
+    """The CI-sized run of the alpha-sweep benchmark: the two layouts agree token for token and
+    the per-token layout loads one row where folding loads one per alpha (no timing asserted)."""
+    out = tmp_path / "scales.json"
+    proc = _run(["bench", "scales", "--model", str(tiny_model_dir("llama")), "--quick", "--alphas", "0.5", "1", "2",
+                 "4", "--slots", "2", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["tokens_identical"] is True and out.with_suffix(".png").is_file()
+    per_token, folded = result["results"]["per_token"], result["results"]["folded"]
+    assert max(per_token["slot_loads"]) <= 1 and min(folded["slot_loads"]) >= 2
+    assert per_token["slot_waits"] == [0] and min(folded["slot_waits"]) >= 1
 
 
 def test_unknown_benchmark_is_refused(capsys):

