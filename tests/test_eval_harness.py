@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from tiny_models import write_sentiment_jsonl
 
 from cast_vllm.evaluation.config import EvalConfig, EvalConfigError
 from cast_vllm.evaluation.engine import EvalEngine
@@ -17,20 +18,6 @@ from cast_vllm.evaluation.methods import DERIVED_METHODS, METHODS, MethodError
 from cast_vllm.evaluation.protocol import evaluate
 from cast_vllm.evaluation.report import render_markdown, write_report
 from cast_vllm.evaluation.splits import EvalDataError, normalise_text
-
-WORDS_POS = ["bright", "sunny", "lovely", "great", "warm", "kind"]
-WORDS_NEG = ["dark", "rainy", "awful", "cold", "grim", "sad"]
-
-
-def _sentiment_file(path, n, offset):
-    rows = []
-    for i in range(n):
-        pos = i % 3 != 0                      # 2:1 positive, so stratification matters
-        word = (WORDS_POS if pos else WORDS_NEG)[i % 6]
-        rows.append({"id": f"{path.stem}{i}", "text": f"{word} film {offset + i}", "rating": 2.0 if pos else -2.0})
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
-
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
@@ -42,8 +29,8 @@ def engine(tiny_model_dir):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval-data")
-    src = _sentiment_file(root / "src.jsonl", 30, 1000)
-    tgt = _sentiment_file(root / "tgt.jsonl", 45, 2000)
+    src = write_sentiment_jsonl(root / "src.jsonl", 30, 1000)
+    tgt = write_sentiment_jsonl(root / "tgt.jsonl", 45, 2000)
     pairs = root / "pairs.json"
     pairs.write_text(json.dumps([{"input": f"w{i}", "output": f"x{i % 9}y{i}"} for i in range(40)]))
     return {"src": src, "tgt": tgt, "pairs": pairs, "root": root}

@@ -85,7 +85,7 @@ def test_wheel_in_a_bare_venv_runs_the_cli_and_says_how_to_install_vllm(wheel, t
     probe = _check([python, "-c", "import importlib.util as u; print(u.find_spec('vllm'), u.find_spec('torch'))"])
     assert probe.stdout.split() == ["None", "None"]          # really nothing else in there
     assert _check([cli, "--version"], cwd=tmp_path).stdout.strip() == f"cast-vllm {VERSION}"
-    for name in ("throughput", "serving", "extraction", "kernel", "scales"):
+    for name in ("throughput", "serving", "extraction", "kernel", "scales", "latency"):
         out = _check([cli, "bench", name, "--help"], cwd=tmp_path).stdout
         assert f"usage: cast-vllm bench {name}" in out
         assert str(tmp_path / "bench-results") in "".join(out.split())   # the cwd, not inside site-packages

@@ -3,6 +3,7 @@ tokenizer, the offline engine settings the suite runs them with, and random stee
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -90,3 +91,18 @@ def save_vectors(directory: Path, vectors: dict) -> Path:
     for name, vec in vectors.items():
         vec.save(directory / f"{name}.safetensors")
     return directory
+
+
+WORDS_POS = ["bright", "sunny", "lovely", "great", "warm", "kind"]
+WORDS_NEG = ["dark", "rainy", "awful", "cold", "grim", "sad"]
+
+
+def write_sentiment_jsonl(path: Path, n: int, offset: int = 0) -> Path:
+    """A small sentiment task file (``{"id", "text", "rating"}``), 2:1 positive so stratification matters."""
+    rows = []
+    for i in range(n):
+        pos = i % 3 != 0
+        word = (WORDS_POS if pos else WORDS_NEG)[i % 6]
+        rows.append({"id": f"{path.stem}{i}", "text": f"{word} film {offset + i}", "rating": 2.0 if pos else -2.0})
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path

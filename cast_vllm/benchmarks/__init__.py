@@ -12,11 +12,11 @@ from pathlib import Path
 BENCHMARKS = {
     "throughput": "offline steered vs unsteered throughput (one process, paired runs)",
     "serving": "HTTP throughput and latency, cast-vllm serve vs plain vLLM",
+    "latency": "per-query latency: CAST (zero-shot + steering) vs cross-task ICL, per-query and fixed demos",
     "extraction": "activation extraction prompts/s: vLLM probe vs HF hooks, Ray workers",
     "kernel": "the fused steering kernel's bandwidth (Triton on CUDA, torch reference on CPU)",
     "scales": "an alpha sweep in one batch: per-token scales (one slot) vs scales folded into rows",
 }
-ALIASES = {"latency": "serving"}
 
 
 def default_results_dir() -> Path:

@@ -8,20 +8,18 @@ bench/results/ beside the recorded ones, elsewhere to ./bench-results/ unless --
 import importlib
 import sys
 
-from cast_vllm.benchmarks import ALIASES, BENCHMARKS
+from cast_vllm.benchmarks import BENCHMARKS
 
 
 def add_arguments(p):
     p.add_argument("which", metavar="NAME",
-                   help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()) + "; latency = serving")
+                   help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
     p.add_argument("bench_args", nargs="...", help="options of the benchmark (cast-vllm bench NAME --help)")
 
 
 def run(args) -> int:
-    name = ALIASES.get(args.which, args.which)
-    if name not in BENCHMARKS:
-        print(f"cast-vllm bench: no benchmark {args.which!r}; choose from {', '.join(list(BENCHMARKS) + list(ALIASES))}",
-              file=sys.stderr)
+    if args.which not in BENCHMARKS:
+        print(f"cast-vllm bench: no benchmark {args.which!r}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"cast_vllm.benchmarks.{name}")
+    module = importlib.import_module(f"cast_vllm.benchmarks.{args.which}")
     return int(module.main(list(args.bench_args) + list(args.extra), prog=f"cast-vllm bench {args.which}") or 0)

@@ -24,11 +24,11 @@ def add_arguments(p):
 def run(args) -> int:
     from cast_vllm import SteeredLLM
     from cast_vllm.engine.shutdown import shutdown_llm
-    from cast_vllm.model_zoo import resolve
+    from cast_vllm.model_zoo import max_context, resolve
 
     model = resolve(args.model)
     llm = SteeredLLM(model, vector_dir=args.vector_dir, dtype=args.dtype, enforce_eager=args.enforce_eager,
-                     max_model_len=args.max_model_len or _default_max_len(model),
+                     max_model_len=args.max_model_len or max_context(model),
                      use_tqdm_on_load=getattr(args, "verbose", False))
     try:
         results = _generate(llm, args)
@@ -60,11 +60,3 @@ def _generate(llm, args) -> dict[str, list[str]]:
             outs = llm.generate(args.prompt, sp, use_tqdm=False)
         results[label] = [o.outputs[0].text for o in outs]
     return results
-
-
-def _default_max_len(model: str, cap: int = 2048) -> int:
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(model)
-    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    return min(cap, int(getattr(cfg, "max_position_embeddings", None) or cap))
