@@ -146,6 +146,18 @@ def test_bench_scales_quick_writes_its_json(tiny_model_dir, tmp_path):
     assert per_token["slot_waits"] == [0] and min(folded["slot_waits"]) >= 1
 
 
+def test_bench_throughput_quick_sweep_writes_its_json(tiny_model_dir, tmp_path):
+    """The CI-sized grid: one row per (K, layers, mode), K=0 once, each with its paired ratio."""
+    out = tmp_path / "throughput.json"
+    proc = _run(["bench", "throughput", "--model", str(tiny_model_dir("llama")), "--quick", "--layers", "one", "all",
+                 "--modes", "add", "norm_preserving", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 1 + 2 * 2 * 2 and "float32 batch=2 K=0" in rows
+    assert "float32 batch=2 K=all layers=one mode=norm_preserving" in rows
+    assert all(len(r["pair_ratios"]) == 1 and r["ratio_vs_unsteered"] > 0 for r in rows.values())
+
+
 def test_bench_latency_quick_writes_its_json(tiny_model_dir, tmp_path):
     """The CI-sized latency run: every method timed, ICL prompts longer than CAST's (no timing asserted)."""
     from tiny_models import write_sentiment_jsonl
