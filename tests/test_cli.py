@@ -255,3 +255,11 @@ def test_demo_prints_its_table_on_a_clean_stdout(default_model_dir, tmp_path):
     assert not [line for line in out if re.search(r"\b(INFO|WARNING|DEBUG)\b", line)], proc.stdout
     info = [line for line in proc.stderr.splitlines() if re.search(r"\bINFO\b", line) and "cast_vllm" not in line]
     assert info == [], info[:10]
+
+
+def test_report_only_finds_results_of_a_model_name_with_dots(tmp_path, capsys):
+    """transfer_qwen2.5-coder-1.5b.json: the report must not take ".5b" for a file suffix."""
+    (tmp_path / "transfer_qwen2.5-coder-1.5b.json").write_text(json.dumps({"model": "qwen2.5-coder-1.5b", "pairs": []}))
+    assert main(["eval", "--suite", "default", "--model", "qwen2.5-coder-1.5b", "--report-only",
+                 "--out-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "transfer_qwen2.5-coder-1.5b.md").read_text().startswith("# CAST cross-task transfer")

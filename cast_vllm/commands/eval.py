@@ -148,12 +148,11 @@ def _run(args) -> int:
             from cast_vllm.evaluation.report import write_report
             from cast_vllm.evaluation.suite import output_stem
 
-            stem = Path(args.out_dir) / output_stem(args.model)
-            if not stem.with_suffix(".json").is_file():
+            stem = str(Path(args.out_dir) / output_stem(args.model))   # no with_suffix: "qwen2.5-..." has dots
+            if not Path(f"{stem}.json").is_file():
                 print(f"cast-vllm eval: {stem}.json does not exist; run the suite first", file=sys.stderr)
                 return 2
-            write_report(json.loads(stem.with_suffix(".json").read_text()), stem.with_suffix(".md"),
-                         stem.with_suffix(".png"))
+            write_report(json.loads(Path(f"{stem}.json").read_text()), f"{stem}.md", f"{stem}.png")
             print(f"wrote {stem}.md and {stem}.png")
             return 0
         if args.suite:
