@@ -98,9 +98,12 @@ def test_upload_list_use_delete(server, client, model_name):
 
 
 def test_delete_refused_while_in_flight_and_directory_vectors_only_hidden(server, client, model_name):
-    stream = client.completions.create(model=model_name, prompt="hello world", max_tokens=240, temperature=0.0,
-                                       stream=True, extra_body={"ignore_eos": True,
-                                                                "vllm_xargs": {"steering": "busy"}})
+    # n=4 sampled sequences with logprobs make the request several times slower to serve than to
+    # start reading, so DELETE reliably arrives while it is in flight (240 greedy tokens raced it
+    # on a busy CI core)
+    stream = client.completions.create(model=model_name, prompt="hello world", max_tokens=240, temperature=1.0,
+                                       seed=0, n=4, logprobs=5, stream=True,
+                                       extra_body={"ignore_eos": True, "vllm_xargs": {"steering": "busy"}})
     first = next(iter(stream))
     assert first.choices
     r = server.http("DELETE", "/v1/steering/vectors/busy")
