@@ -57,15 +57,22 @@ def parse_args(argv, prog: str = "cast-vllm bench latency", results_dir: Path | 
     return args
 
 
-def method_prompts(args, round_: int) -> dict[str, list[str]]:
-    """Every method's prompts for the same queries of one round (the module doc)."""
+def rounds_of_prompts(args) -> list[dict[str, list[str]]]:
+    """Every method's prompts, one dict per round plus a last one for the warm-up."""
     from cast_vllm.evaluation.suite import default_data_dir
     from cast_vllm.evaluation.vader import vader_file
-    from cast_vllm.method.tasks import load_task, load_task_spec, plain_prompt
+    from cast_vllm.method.tasks import load_task, load_task_spec
 
     spec = load_task_spec("sentiment")
     source = load_task(args.source or vader_file("movies", default_data_dir()), spec)
     target = load_task(args.target or vader_file("tweets", default_data_dir()), spec)
+    return [method_prompts(args, r, spec, source, target) for r in range(args.rounds + 1)]
+
+
+def method_prompts(args, round_: int, spec, source, target) -> dict[str, list[str]]:
+    """Every method's prompts for the same queries of one round (the module doc)."""
+    from cast_vllm.method.tasks import plain_prompt
+
     per_query, fixed = random.Random(1 + round_), random.Random(0)   # the fixed blocks: the same every round
     queries = [target[(round_ * args.queries + i) % len(target)] for i in range(args.queries)]
     out = {"zero_shot": [plain_prompt(q, (), spec) for q in queries]}
@@ -94,7 +101,7 @@ def main(argv=None, *, prog: str = "cast-vllm bench latency", results_dir: Path 
     llm.register_vector("latency", SteeringVector(
         {i: torch.nn.functional.normalize(torch.randn(llm.hidden_size, generator=g), dim=0) * 0.2
          for i in range(llm.num_layers)}, {"method": "random-bench"}))
-    rounds = [method_prompts(args, r) for r in range(args.rounds + 1)]   # the last one warms up
+    rounds = rounds_of_prompts(args)   # the last one warms up
     steering = {"vector": "latency", "mode": "norm_preserving", "positions": "all"}
     params = {m: SamplingParams(max_tokens=1, temperature=0.0,
                                 extra_args={"steering": steering} if m == "cast" else None) for m in rounds[0]}

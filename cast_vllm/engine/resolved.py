@@ -50,10 +50,17 @@ class ResolvedSteering:
         alpha sweep) shares one row. Equal keys mean equal rows; all-zero scales give scale 0,
         which leaves tokens unsteered whatever the row holds.
         """
-        comps = [self.components[i] for i in active]
-        lead = next((c.scale for c in comps if c.scale != 0), 0.0)
-        key = tuple((c.content_hash, c.scale / lead if lead else 1.0, c.layers, c.mode) for c in comps)
-        return key, lead
+        row = self._rows.get(active)
+        if row is None:   # once per request and active set: the runner asks every step
+            comps = [self.components[i] for i in active]
+            lead = next((c.scale for c in comps if c.scale != 0), 0.0)
+            key = tuple((c.content_hash, c.scale / lead if lead else 1.0, c.layers, c.mode) for c in comps)
+            row = self._rows[active] = (key, lead)
+        return row
+
+    @cached_property
+    def _rows(self) -> dict[tuple[int, ...], tuple[tuple, float]]:
+        return {}
 
     @cached_property
     def budget_key(self) -> tuple:

@@ -26,7 +26,7 @@ DEFAULT_MAX_CONCURRENT_UPLOADS = 4
 @dataclass(frozen=True)
 class SteeringSettings:
     vector_dirs: tuple[str, ...]
-    max_steering_vectors: int | None = None    # None: auto_slots() of the engine (resolved())
+    max_steering_vectors: int | None = None    # None: auto_slots() of the engine (of_engine())
     max_scale: float = DEFAULT_MAX_SCALE
 
     def to_overrides(self) -> dict:
