@@ -212,3 +212,18 @@ def test_cli_refuses_incomplete_arguments(capsys):
 
 def test_texts_are_normalised_for_overlap():
     assert normalise_text("  Good   Film ") == normalise_text("good film")
+
+
+def test_cast_variants_search_their_own_settings_on_dev(engine, data, tiny_model_dir):
+    """The issue-13 variants run only when named, each with its own dev search (even when the
+    ablations borrow CAST's setting), and target-aware selection reads the dev queries only."""
+    result, audit = _run(engine, data, tiny_model_dir, methods="zero_shot,cast,cast_target_aware,cast_balanced",
+                         seeds=1, latency_items=0, ablation_settings="cast")
+    assert set(result["methods"]) == {"zero_shot", "cast", "cast_target_aware", "cast_balanced"}
+    assert {"cast/s0", "cast_target_aware/s0", "cast_balanced/s0"} <= set(result["search"]["traces"])
+    vecs = result["vectors"]
+    assert vecs["cast_target_aware/s0"]["sample_ids"] != vecs["cast/s0"]["sample_ids"]
+    assert vecs["cast_balanced/s0"]["sample_ids"] == vecs["cast/s0"]["sample_ids"]    # same picks, other demos
+    dev_ids = set(result["splits"]["dev_ids"])
+    assert all(set(a.item_ids) <= dev_ids for a in audit if a.phase == "dev")
+    assert not {"cast_target_aware", "cast_balanced"} & set(_config(data).methods)

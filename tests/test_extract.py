@@ -6,9 +6,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cast_vllm.method.activations import HFActivationReader, ReaderConfig, encode_prompts, load_tokenizer
-from cast_vllm.method.cast_math import aggregate_differences, assign_demos, random_control_vector, similarity_weights
+from cast_vllm.method.cast_math import (
+    aggregate_differences, assign_balanced_demos, assign_demos, label_balanced_weights, random_control_vector,
+    similarity_weights,
+)
 from cast_vllm.method.options import ExtractionError, ExtractOptions
 from cast_vllm.method.pipeline import extract, extract_vector
 from cast_vllm.method.tasks import build_prompt, load_task
@@ -107,6 +112,69 @@ def test_aggregate_and_weights_math():
     assert demos == assign_demos(6, 3, seed=1) and all(i not in d and len(set(d)) == 3 for i, d in enumerate(demos))
 
 
+@settings(max_examples=60, deadline=None)
+@given(labels=st.lists(st.sampled_from("ABCD"), min_size=3, max_size=20), num_demos=st.integers(1, 6),
+       seed=st.integers(0, 5))
+def test_balanced_demos_cover_labels_evenly(labels, num_demos, seed):
+    if num_demos >= len(labels):
+        with pytest.raises(ExtractionError, match="num_demos must be in"):
+            assign_balanced_demos(labels, num_demos, seed)
+        return
+    demos = assign_balanced_demos(labels, num_demos, seed)
+    assert demos == assign_balanced_demos(labels, num_demos, seed)
+    for i, d in enumerate(demos):
+        assert len(d) == num_demos == len(set(d)) and i not in d
+        counts = {k: sum(labels[j] == k for j in d) for k in set(labels)}
+        available = {k: sum(labels[j] == k for j in range(len(labels)) if j != i) for k in counts}
+        # no label is shown twice more than another that still had members to show
+        for a in counts:
+            for b in counts:
+                if counts[a] > counts[b] + 1:
+                    assert counts[b] == available[b], (labels, i, d)
+    w = label_balanced_weights(labels)
+    assert w.sum() == pytest.approx(1.0) and (w > 0).all()
+    for k in set(labels):
+        assert w[[j for j, x in enumerate(labels) if x == k]].sum() == pytest.approx(1 / len(set(labels)))
+
+
+def test_weighted_aggregate():
+    d = np.random.default_rng(1).normal(size=(4, 2, 8))
+    w = np.array([0.5, 0.5, 0.0, 0.0])
+    np.testing.assert_allclose(aggregate_differences(d, "mean", w), d[:2].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(aggregate_differences(d, "mean", np.full(4, 0.25)), aggregate_differences(d), rtol=1e-6)
+    for bad in ([1.0, 1.0, 0.0, 0.0], [0.5, 0.5], [1.5, -0.5, 0.0, 0.0]):
+        with pytest.raises(ExtractionError, match="weights must be 4 non-negative numbers summing to 1"):
+            aggregate_differences(d, "mean", np.array(bad))
+
+
+def test_balanced_target_aware_extraction_recomputes_by_hand(tiny, movies, shared_data):
+    """``ideal_target`` with ``balance_labels``: the picks differ from plain IDEAL's, the demos
+    are label-balanced, and the vector is the label-weighted mean of few- minus zero-shot."""
+    tweets = str(shared_data / "sentiment/tweets.jsonl")
+    r = extract(ExtractOptions(model=tiny, sources=[movies], tasks=["sentiment"], selection="ideal_target",
+                               target=tweets, target_size=20, balance_labels=True, **SMALL))
+    meta = r.vector.metadata
+    assert meta["selection"] == "ideal_target" and meta["balance_labels"] == "true"
+    plain = extract(ExtractOptions(model=tiny, sources=[movies], tasks=["sentiment"], **SMALL))
+    assert meta["selected_ids"] != plain.vector.metadata["selected_ids"]
+    selected, demos = json.loads(meta["selected_ids"]), json.loads(meta["demo_ids"])
+    by_id = {it.id: it for it in load_task(movies, "sentiment")}
+    labels = [by_id[s].answer for s in selected]
+    for sid, ds in zip(selected, demos):
+        shown = {by_id[d].answer for d in ds}
+        others = {by_id[x].answer for x in selected if x != sid}
+        assert len(shown) == min(len(ds), len(others))
+    tok = load_tokenizer(tiny)
+    zero = [build_prompt(by_id[s], [], "sentiment") for s in selected]
+    few = [build_prompt(by_id[s], [by_id[d] for d in ds], "sentiment") for s, ds in zip(selected, demos)]
+    reader = HFActivationReader(ReaderConfig(tiny, (1, 2, 3), backend="hf"))
+    diff = reader.read(encode_prompts(tok, few)) - reader.read(encode_prompts(tok, zero))
+    w = label_balanced_weights(labels)
+    for j, layer in enumerate([1, 2, 3]):
+        np.testing.assert_allclose(r.vector.directions[layer].numpy(), np.einsum("s,sh->h", w, diff[:, j]),
+                                   rtol=1e-4, atol=1e-5)
+
+
 def test_random_control_keeps_norms(hf_result):
     ctrl = random_control_vector(hf_result.vector, seed=3)
     for layer, v in hf_result.vector.directions.items():
@@ -127,6 +195,8 @@ def test_file_round_trips(hf_result, tmp_path):
 def test_bad_options_are_refused(tiny, movies, tmp_path):
     with pytest.raises(ExtractionError, match="num-demos must be in"):
         extract(ExtractOptions(model=tiny, sources=[movies], **{**SMALL, "num_demos": 6}))
+    with pytest.raises(ExtractionError, match="ideal_target measures influence on the target: give --target"):
+        extract(ExtractOptions(model=tiny, sources=[movies], **{**SMALL, "selection": "ideal_target"}))
     with pytest.raises(ExtractionError, match="fewer than --num-selected"):
         extract(ExtractOptions(model=tiny, sources=[movies], **{**SMALL, "pool_size": 4}))
     with pytest.raises(ValueError, match="layer 9 out of range"):

@@ -62,3 +62,31 @@ def test_refusals():
     with pytest.raises(SelectionError, match="NaN"):
         select_samples(np.full((5, 3), np.nan), 2, "ideal")
     assert random_select(10, 10, seed=1) != list(range(10)) and sorted(random_select(10, 10, seed=1)) == list(range(10))
+
+
+def test_target_aware_selection_follows_the_target():
+    """Moving the target moves the picks: most target queries near cluster k -> first pick from
+    k, where plain IDEAL would start in the same place every time. The target carries a large
+    offset of its own (another prompt format), which per-set centring removes."""
+    x, labels = clusters(sizes=(30, 30, 30, 30), seed=2, spread=0.3)
+    rng = np.random.default_rng(0)
+    firsts = []
+    for k in range(4):
+        members = x[labels == k]
+        target = members[rng.choice(len(members), 10)] + 0.05 * rng.normal(size=(10, x.shape[1]))
+        # other clusters' points as background so centring keeps the cluster structure
+        background = np.concatenate([x[labels == j][:3] for j in range(4) if j != k])
+        target = np.concatenate([target, background]) + 5.0
+        picked = select_samples(x, 2, "ideal_target", seed=0, target_embeddings=target)
+        firsts.append(int(labels[picked[0]]))
+    assert firsts == [0, 1, 2, 3]
+
+
+def test_target_aware_refusals():
+    x, _ = clusters()
+    with pytest.raises(SelectionError, match="needs the target's embeddings"):
+        select_samples(x, 2, "ideal_target")
+    with pytest.raises(SelectionError, match="differ in width"):
+        select_samples(x, 2, "ideal_target", target_embeddings=np.zeros((4, 3)))
+    with pytest.raises(SelectionError, match="NaN"):
+        select_samples(x, 2, "ideal_target", target_embeddings=np.full((4, x.shape[1]), np.nan))

@@ -31,7 +31,7 @@ PAIR_FIELDS = ("model", "source", "target", "task", "source_task", "methods", "n
 
 def add_arguments(p) -> None:
     from cast_vllm.evaluation.config import ABLATION_SETTINGS, EvalConfig
-    from cast_vllm.evaluation.methods import METHODS
+    from cast_vllm.evaluation.methods import METHODS, VARIANT_METHODS
     from cast_vllm.evaluation.scoring import CALIBRATIONS, SCORINGS
 
     def setting(group, name: str, help: str, **kwargs):
@@ -45,7 +45,9 @@ def add_arguments(p) -> None:
     p.add_argument("--target", help="target task data file")
     p.add_argument("--task", help="target task format (sentiment, mc, pairs) or a YAML/JSON task file")
     add_field(p, EvalConfig, "source_task", "source task format or file (default: --task)")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list from {','.join(METHODS)}")
+    p.add_argument("--methods", default=None,
+                   help=f"comma list from {','.join(METHODS)} (the default) and the CAST variants "
+                        f"{','.join(VARIANT_METHODS)}")
     p.add_argument("--output", default=None, help="result JSON (one pair; default: print a summary only)")
     setting(p, "seeds", "seeds of the source sample", note="; suite 2")
     setting(p, "n_test", "target test items", note="; suite per family")
@@ -138,6 +140,7 @@ def cpu_threads(n: int) -> Iterator[None]:
 
 def _run(args) -> int:
     from cast_vllm.evaluation.config import EvalConfig
+    from cast_vllm.evaluation.methods import METHODS, parse_methods
     from cast_vllm.evaluation.protocol import evaluate
     from cast_vllm.evaluation.suite import run_suite
 
@@ -156,8 +159,9 @@ def _run(args) -> int:
             print(f"wrote {stem}.md and {stem}.png")
             return 0
         if args.suite:
+            overrides = _settings(args) | ({"methods": parse_methods(args.methods)} if args.methods else {})
             suite = run_suite(args.model, args.out_dir, data_dir=args.data_dir, pairs=args.pairs,
-                              overrides=_settings(args), resume=not args.no_resume, progress=progress,
+                              overrides=overrides, resume=not args.no_resume, progress=progress,
                               engine_kwargs=engine_kwargs)
             for r in suite["pairs"]:
                 print(_summary(r), end="\n\n")
@@ -172,7 +176,7 @@ def _run(args) -> int:
             print(f"cast-vllm eval: --{', --'.join(missing)} required (or --suite default)", file=sys.stderr)
             return 2
         cfg = EvalConfig(model=args.model, source=args.source, target=args.target, task=args.task,
-                         source_task=args.source_task, methods=args.methods, **_settings(args))
+                         source_task=args.source_task, methods=args.methods or METHODS, **_settings(args))
         from cast_vllm.evaluation.backend import open_backend
 
         cfg.validate()

@@ -21,9 +21,9 @@ logger = logging.getLogger(__name__)
 
 #: ExtractOptions fields whose options are generated (same name, unit and default as the field)
 _FIELDS = ("layers", "num_selected", "num_demos", "selection", "workers", "seed", "pool_size", "selection_layer",
-           "neighbors", "diffusion_steps", "diffusion_runs", "aggregate", "chat", "target", "target_task",
-           "target_size", "similarity_threshold", "backend", "shard_size", "checkpoint_dir", "dtype", "batch_size",
-           "max_model_len")
+           "neighbors", "diffusion_steps", "diffusion_runs", "aggregate", "balance_labels", "chat", "target",
+           "target_task", "target_size", "similarity_threshold", "backend", "shard_size", "checkpoint_dir", "dtype",
+           "batch_size", "max_model_len")
 
 
 def add_arguments(p) -> None:
@@ -53,8 +53,11 @@ def add_arguments(p) -> None:
     add_field(g, ExtractOptions, "diffusion_steps", "ideal: cascade steps")
     add_field(g, ExtractOptions, "diffusion_runs", "ideal: Monte Carlo cascades")
     add_field(g, ExtractOptions, "aggregate", "mean difference or its principal direction", choices=AGGREGATES)
+    add_field(g, ExtractOptions, "balance_labels",
+              "label-balanced demonstrations, and every gold label weighted equally in the mean")
     add_field(g, ExtractOptions, "chat", "render prompts with the tokenizer's chat template")
-    add_field(g, ExtractOptions, "target", "target task file: weights several sources by similarity to it")
+    add_field(g, ExtractOptions, "target", "target task file: weights several sources by similarity to it; "
+              "--selection ideal_target measures influence on its queries")
     add_field(g, ExtractOptions, "target_task", "task of --target (default: the first --task)")
     add_field(g, ExtractOptions, "target_size", "target items used for its mean activation")
     add_field(g, ExtractOptions, "similarity_threshold", "drop sources whose similarity to the target is below this")

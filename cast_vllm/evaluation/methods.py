@@ -9,6 +9,13 @@
 | ``cast_random_selection``| target query                            | CAST vector, random samples      |
 | ``mean_diff``           | target query                             | mean difference over whole pool  |
 | ``random_vector``       | target query                             | random direction, CAST's norms   |
+| ``cast_target_aware``   | target query                             | CAST vector, samples chosen by   |
+|                         |                                          | influence on the target's dev    |
+|                         |                                          | queries (``ideal_target``)       |
+| ``cast_balanced``       | target query                             | CAST vector, label-balanced      |
+|                         |                                          | demonstrations and mean          |
+
+The last two are variants (issue 13), run only when named in ``--methods``.
 
 Cross-task ICL (Chatterjee et al., ACL 2024) retrieves, for each target query, the ``k`` source
 pool items most similar to it. Similarity is the cosine between the model's own zero-shot
@@ -30,8 +37,13 @@ from cast_vllm.method.tasks import TaskItem, TaskSpec, plain_prompt
 
 METHODS = ("zero_shot", "calibrated_zero_shot", "icl", "cast", "cast_random_selection", "mean_diff", "random_vector",
            "target_icl")
-STEERED_METHODS = ("cast", "cast_random_selection", "mean_diff", "random_vector")
-TUNED_STEERED = ("cast", "cast_random_selection", "mean_diff")   # random_vector reuses cast's setting
+#: variants of CAST, off by default (each adds a dev search)
+VARIANT_METHODS = ("cast_target_aware", "cast_balanced")
+#: every method, in report order
+ALL_METHODS = METHODS[:4] + VARIANT_METHODS + METHODS[4:]
+STEERED_METHODS = ("cast", "cast_random_selection", "mean_diff", "random_vector") + VARIANT_METHODS
+#: vectors with a dev search of their own (random_vector reuses cast's setting)
+TUNED_STEERED = ("cast", "cast_random_selection", "mean_diff") + VARIANT_METHODS
 ICL_METHODS = ("icl", "target_icl")
 #: scored from another method's answers, with no engine run of their own
 DERIVED_METHODS = ("calibrated_zero_shot",)
@@ -45,6 +57,8 @@ DESCRIPTIONS = {
     "mean_diff": "zero-shot + mean few-shot/zero-shot difference over the whole source pool",
     "random_vector": "zero-shot + random vector with CAST's per-layer norms (control)",
     "target_icl": "k retrieved target dev demonstrations (upper reference, uses target labels)",
+    "cast_target_aware": "zero-shot + CAST vector, source samples chosen by influence on the target's dev queries",
+    "cast_balanced": "zero-shot + CAST vector, label-balanced demonstrations and label-weighted mean",
 }
 
 
@@ -54,9 +68,9 @@ class MethodError(CastVllmError, ValueError):
 
 def parse_methods(spec: str | Sequence[str]) -> list[str]:
     names = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
+    unknown = [m for m in names if m not in ALL_METHODS]
     if unknown:
-        raise MethodError(f"unknown method(s) {unknown}; use any of {', '.join(METHODS)}")
+        raise MethodError(f"unknown method(s) {unknown}; use any of {', '.join(ALL_METHODS)}")
     if not names:
         raise MethodError("no methods given")
     out = list(dict.fromkeys(names))

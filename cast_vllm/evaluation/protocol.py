@@ -81,4 +81,4 @@ def source_vectors(cfg: EvalConfig, backend: EvalBackend, data: EvalData) -> Sou
         return None
     return SourceVectors(backend.acts, data.pool, data.sspec, num_layers=backend.engine.num_layers,
                          num_selected=min(cfg.num_selected, len(data.pool)), num_demos=cfg.num_demos,
-                         model=cfg.model, name=Path(cfg.source).stem)
+                         model=cfg.model, name=Path(cfg.source).stem, target_prompts=data.zero_dev)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from cast_vllm.evaluation.methods import METHODS
+from cast_vllm.evaluation.methods import ALL_METHODS
 
 GOAL_POINTS = 4.2          # CAST average >= zero-shot + 4.2 points (issue 6)
 GOAL_LATENCY_CUT = 0.37    # CAST per-query latency >= 37% below cross-task ICL
@@ -41,7 +41,7 @@ def with_calibrated_zero_shot(results: list[dict]) -> list[dict]:
 
 def _methods(results: list[dict]) -> list[str]:
     present = {m for r in results for m in r["methods"]}
-    return [m for m in METHODS if m in present]
+    return [m for m in ALL_METHODS if m in present]
 
 
 def _cell(entry: dict | None, sig: dict | None, key: str = "accuracy") -> str:

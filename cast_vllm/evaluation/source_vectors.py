@@ -14,7 +14,12 @@ kind, for a seed ``s``:
 - ``mean_diff``: no selection at all, the mean difference over the *whole* pool (demos drawn
   from the pool), i.e. a plain in-context / task vector;
 - ``random_vector``: ``random_control_vector`` of the ``cast`` vector of the same seed, a
-  random direction with the same per-layer norm (the control that must not help).
+  random direction with the same per-layer norm (the control that must not help);
+- ``cast_target_aware``: as ``cast``, but the samples are those whose influence cascades reach
+  most of the target's dev queries (``ideal_target``; the queries' zero-shot states, never
+  their labels or any test item);
+- ``cast_balanced``: as ``cast``, with label-balanced demonstrations and every gold label
+  weighted equally in the mean (``source_shift.py``).
 
 Activations come from ``HFActivationReader`` (forward hooks, exact DESIGN.md layer
 semantics). The vLLM probe reader would need a second in-process vLLM engine next to the
@@ -38,9 +43,10 @@ from cast_vllm.vectors import SteeringVector
 
 logger = logging.getLogger(__name__)
 
-VECTOR_KINDS = ("cast", "cast_random_selection", "mean_diff", "random_vector")
+VECTOR_KINDS = ("cast", "cast_random_selection", "mean_diff", "random_vector", "cast_target_aware", "cast_balanced")
 #: the selection rule behind each kind built from differences (None: the whole pool)
-_SELECTION = {"cast": "ideal", "cast_random_selection": "random", "mean_diff": None}
+_SELECTION = {"cast": "ideal", "cast_random_selection": "random", "mean_diff": None,
+              "cast_target_aware": "ideal_target", "cast_balanced": "ideal"}
 
 
 @dataclass
@@ -91,7 +97,7 @@ class SourceVectors:
     def __init__(self, acts: ActivationCache, pool: Sequence[TaskItem], spec: TaskSpec, *, num_layers: int,
                  num_selected: int = 32, num_demos: int = 4, selection_layer: int | None = None,
                  neighbors: int = 10, diffusion_steps: int = 10, diffusion_runs: int = 10, model: str = "",
-                 name: str = "source"):
+                 name: str = "source", target_prompts: Sequence[str] = ()):
         if num_selected > len(pool):
             raise ValueError(f"num_selected={num_selected} is larger than the source pool ({len(pool)} items)")
         if not 1 <= num_demos < num_selected:
@@ -106,6 +112,7 @@ class SourceVectors:
         self.neighbors, self.diffusion_steps, self.diffusion_runs = neighbors, diffusion_steps, diffusion_runs
         self.model = model
         self.name = name
+        self.target_prompts = list(target_prompts)      # the target's dev queries, for target-aware selection
         self._built: dict[tuple[str, int], BuiltVector] = {}
 
     def _reader(self, kind: str = "", seed: int = 0) -> StateReader:
@@ -123,6 +130,11 @@ class SourceVectors:
         """The pool's zero-shot states at the selection layer (IDEAL and retrieval use them)."""
         return self.zero_states()[:, self.selection_layer, :]
 
+    def _target_embeddings(self) -> np.ndarray:
+        if not self.target_prompts:
+            raise ValueError("cast_target_aware needs the target's dev queries (target_prompts)")
+        return self.acts.read(self.target_prompts, desc=f"{self.name}: target dev states")[:, self.selection_layer, :]
+
     def build(self, kind: str, seed: int) -> BuiltVector:
         if kind not in VECTOR_KINDS:
             raise ValueError(f"unknown vector kind {kind!r}; use one of {', '.join(VECTOR_KINDS)}")
@@ -136,12 +148,15 @@ class SourceVectors:
             built = BuiltVector(kind, seed, vec, base.sample_ids, base.demo_ids)
             self._built[key] = built
             return built
+        balanced = kind == "cast_balanced"
         settings = ShiftSettings(self.num_selected, self.num_demos, _SELECTION[kind], self.selection_layer,
-                                 self.neighbors, self.diffusion_steps, self.diffusion_runs, read_whole_pool=True)
-        shift = source_shift(self.pool, self.spec, self._reader(kind, seed), settings, seed)
-        agg = aggregate_differences(shift.diffs, "mean")
+                                 self.neighbors, self.diffusion_steps, self.diffusion_runs, read_whole_pool=True,
+                                 balance_labels=balanced)
+        shift = source_shift(self.pool, self.spec, self._reader(kind, seed), settings, seed,
+                             target_embeddings=self._target_embeddings() if kind == "cast_target_aware" else None)
+        agg = aggregate_differences(shift.diffs, "mean", shift.weights if balanced else None)
         meta = {"model": self.model, "method": kind, "source": self.name, "seed": str(seed),
-                "selection": _SELECTION[kind] or "none",
+                "selection": _SELECTION[kind] or "none", "balance_labels": str(balanced).lower(),
                 "num_samples": str(len(shift.items)), "num_demos": str(self.num_demos),
                 "selected_ids": json.dumps(shift.sample_ids), "position": "last_prompt_token"}
         vec = SteeringVector({layer: torch.from_numpy(agg[layer].astype(np.float32)) for layer in range(agg.shape[0])},

@@ -9,7 +9,8 @@ Settings: one coordinate search (``search.py``) per tuned vector, all searches a
 together so each stage of every search is one batched engine call on the dev items. By default
 only seed 0's vector is searched and its setting reused for the other seeds
 (``tune_each_seed`` searches every seed); ``ablation_settings="cast"`` gives
-``cast_random_selection`` and ``mean_diff`` CAST's setting instead of their own search;
+``cast_random_selection`` and ``mean_diff`` CAST's setting instead of their own search (CAST's
+variants always search their own);
 ``random_vector`` always takes CAST's setting of the same seed. With label scoring, every chosen
 setting the search did not score runs once more on dev for its calibration bias.
 """
@@ -23,7 +24,7 @@ from typing import Hashable
 from cast_vllm.evaluation.config import EvalConfig
 from cast_vllm.evaluation.data import EvalData
 from cast_vllm.evaluation.jobs import Answers, Job, RunContext
-from cast_vllm.evaluation.methods import TUNED_STEERED
+from cast_vllm.evaluation.methods import TUNED_STEERED, VARIANT_METHODS
 from cast_vllm.evaluation.search import CoordinateSearch, SearchSpace, Setting
 from cast_vllm.evaluation.source_vectors import BuiltVector, SourceVectors
 
@@ -86,7 +87,8 @@ def search_space(cfg: EvalConfig, num_layers: int) -> SearchSpace:
 def steered_dev_phase(ctx: RunContext, data: EvalData, vectors: Vectors) -> SteeredDev:
     cfg = ctx.cfg
     space = search_space(cfg, ctx.engine.num_layers)
-    tuned = [k for k in TUNED_STEERED if k in vectors.kinds and (k == "cast" or cfg.ablation_settings == "own")]
+    own_search = ("cast", *VARIANT_METHODS)     # ablations may borrow CAST's setting; CAST's variants never
+    tuned = [k for k in TUNED_STEERED if k in vectors.kinds and (k in own_search or cfg.ablation_settings == "own")]
     searches = {(kind, seed): CoordinateSearch(space) for kind in tuned
                 for seed in (vectors.seeds_of(kind) if cfg.tune_each_seed else vectors.seeds[:1])}
     dev_answers = run_searches(ctx, data, vectors, searches)

@@ -4,6 +4,8 @@ and the random control vector. Pure functions, reused by ``extract`` and ``eval`
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -23,21 +25,59 @@ def assign_demos(n_selected: int, num_demos: int, seed: int = 0) -> list[list[in
     return out
 
 
-def aggregate_differences(diffs: np.ndarray, method: str = "mean") -> np.ndarray:
-    """``[samples, layers, hidden]`` -> ``[layers, hidden]``: the mean difference, or with
-    ``pca`` the first principal direction of the differences (uncentred, sign-aligned with the
-    mean, scaled to the mean's projection on it)."""
+def assign_balanced_demos(labels: Sequence[str], num_demos: int, seed: int = 0) -> list[list[int]]:
+    """Like ``assign_demos``, but each sample's demonstrations cover the gold labels as evenly
+    as the others allow (labels taken round-robin in a seeded order, a seeded member of each),
+    in shuffled order: no label dominates a prompt or its last position, so the few-shot shift
+    carries less label prior."""
+    n = len(labels)
+    if not 1 <= num_demos < n:
+        raise ExtractionError(f"num_demos must be in [1, {n - 1}] for {n} samples, got {num_demos}")
+    rng = np.random.default_rng([seed, 3])
+    out = []
+    for i in range(n):
+        by_label: dict[str, list[int]] = {}
+        for j in rng.permutation(n).tolist():
+            if j != i:
+                by_label.setdefault(labels[j], []).append(j)
+        order = [by_label[k] for k in rng.permutation(sorted(by_label)).tolist()]
+        picks: list[int] = []
+        while len(picks) < num_demos:
+            for members in order:
+                if members and len(picks) < num_demos:
+                    picks.append(members.pop())
+        out.append(rng.permutation(picks).tolist())
+    return out
+
+
+def label_balanced_weights(labels: Sequence[str]) -> np.ndarray:
+    """Per-sample weights summing to 1 that give every gold label the same total weight."""
+    if not len(labels):
+        raise ExtractionError("no samples to weight")
+    keys, inverse, counts = np.unique(np.asarray(labels, dtype=object).astype(str), return_inverse=True,
+                                      return_counts=True)
+    return 1.0 / (len(keys) * counts[inverse])
+
+
+def aggregate_differences(diffs: np.ndarray, method: str = "mean", weights: np.ndarray | None = None) -> np.ndarray:
+    """``[samples, layers, hidden]`` -> ``[layers, hidden]``: the (``weights``-weighted) mean
+    difference, or with ``pca`` the first principal direction of the differences (uncentred,
+    rows weighted likewise, sign-aligned with the mean, scaled to the mean's projection on it)."""
     diffs = np.asarray(diffs, dtype=np.float64)
     if diffs.ndim != 3 or len(diffs) == 0:
         raise ExtractionError(f"differences must be [samples, layers, hidden], got shape {diffs.shape}")
-    mean = diffs.mean(axis=0)
+    w = np.full(len(diffs), 1.0 / len(diffs)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(diffs),) or (w < 0).any() or not np.isclose(w.sum(), 1.0):
+        raise ExtractionError(f"weights must be {len(diffs)} non-negative numbers summing to 1")
+    mean = diffs.mean(axis=0) if weights is None else np.einsum("s,slh->lh", w, diffs)
     if method == "mean":
         return mean.astype(np.float32)
     if method != "pca":
         raise ExtractionError(f"unknown aggregate {method!r}; use one of {', '.join(AGGREGATES)}")
     out = np.empty_like(mean)
+    rows = np.sqrt(w)[:, None]
     for layer in range(diffs.shape[1]):
-        _, _, vt = np.linalg.svd(diffs[:, layer, :], full_matrices=False)
+        _, _, vt = np.linalg.svd(rows * diffs[:, layer, :], full_matrices=False)
         u = vt[0]
         proj = float(mean[layer] @ u)
         if proj < 0:

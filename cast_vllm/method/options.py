@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from cast_vllm.errors import CastVllmError
-from cast_vllm.method.selection import SELECTION_RULES
+from cast_vllm.method.selection import SELECTION_RULES, TARGET_RULES
 
 #: how the per-sample differences become one direction per layer (``cast_math.aggregate_differences``)
 AGGREGATES = ("mean", "pca")
@@ -37,6 +37,7 @@ class ExtractOptions:
     diffusion_steps: int = 10
     diffusion_runs: int = 10
     aggregate: str = "mean"
+    balance_labels: bool = False                         # label-balanced demonstrations and mean
     chat: bool = False
     target: str | None = None                            # for multi-source similarity weights
     compare: Sequence[tuple[str, str]] = ()              # (file, task): differences for reports only
@@ -73,3 +74,5 @@ class ExtractOptions:
             raise ExtractionError("pool_size must be >= 0, target_size, workers and shard_size >= 1")
         if self.target_task and not self.target:
             raise ExtractionError("--target-task needs --target")
+        if self.selection in TARGET_RULES and not self.target:
+            raise ExtractionError(f"--selection {self.selection} measures influence on the target: give --target")

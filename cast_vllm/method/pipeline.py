@@ -139,14 +139,18 @@ def extract(options: ExtractOptions, progress=None, pool: ActivationPool | None 
         return pool_runner.read(encode_prompts(tokenizer, prompts, chat=opt.chat), progress=bar)
 
     try:
-        for path, spec, cands in zip(opt.sources, specs, pools):
-            results.append(_one_source(opt, path, spec, cands, read, tokenizer, pos[sel_layer], keep, layers))
-        for (path, _), spec, cands in zip(opt.compare, compare_specs, compare_pools):
-            compared.append(_one_source(opt, path, spec, cands, read, tokenizer, pos[sel_layer], keep, layers))
+        target_embeddings = None
         if target_items:
             tspec = load_task_spec(opt.target_task or tasks[0])
             acts = read(build_prompts(target_items, None, tspec, chat=opt.chat, tokenizer=tokenizer))
             target_mean = acts[:, keep].astype(np.float64).mean(axis=0)
+            target_embeddings = acts[:, pos[sel_layer]]
+        for path, spec, cands in zip(opt.sources, specs, pools):
+            results.append(_one_source(opt, path, spec, cands, read, tokenizer, pos[sel_layer], keep, layers,
+                                       target_embeddings))
+        for (path, _), spec, cands in zip(opt.compare, compare_specs, compare_pools):
+            compared.append(_one_source(opt, path, spec, cands, read, tokenizer, pos[sel_layer], keep, layers,
+                                        target_embeddings))
     finally:
         if pool is None:
             pool_runner.close()
@@ -175,15 +179,17 @@ def source_names(results: Sequence[SourceResult]) -> list[str]:
 
 
 def _one_source(opt: ExtractOptions, path: str, spec: TaskSpec, pool: list[TaskItem], read, tokenizer,
-                sel_pos: int, keep: list[int], layers: list[int]) -> SourceResult:
+                sel_pos: int, keep: list[int], layers: list[int],
+                target_embeddings: np.ndarray | None) -> SourceResult:
     settings = ShiftSettings(opt.num_selected, opt.num_demos, opt.selection, sel_pos, opt.neighbors,
-                             opt.diffusion_steps, opt.diffusion_runs)
+                             opt.diffusion_steps, opt.diffusion_runs, balance_labels=opt.balance_labels)
     try:
-        shift = source_shift(pool, spec, read, settings, opt.seed, chat=opt.chat, tokenizer=tokenizer)
+        shift = source_shift(pool, spec, read, settings, opt.seed, chat=opt.chat, tokenizer=tokenizer,
+                             target_embeddings=target_embeddings)
     except SelectionError as exc:
         raise ExtractionError(f"{path}: {exc}") from None
     diffs = shift.diffs[:, keep].astype(np.float32)     # kept for the report; aggregated as stored
-    agg = aggregate_differences(diffs, opt.aggregate)
+    agg = aggregate_differences(diffs, opt.aggregate, None if not opt.balance_labels else shift.weights)
     norms = np.linalg.norm(agg, axis=-1)
     logger.info("%s: %d samples, vector norm per layer %.3g..%.3g", path, len(shift.items), norms.min(), norms.max())
     return SourceResult(path=str(path), task=spec, pool_size=len(pool), selected_ids=shift.sample_ids,
@@ -216,7 +222,9 @@ def _metadata(opt: ExtractOptions, model_path: str, info, layers, sel_layer, res
         "selection": opt.selection,
         "selection_layer": str(sel_layer),
         "selection_settings": json.dumps({"neighbors": opt.neighbors, "diffusion_steps": opt.diffusion_steps,
-                                          "diffusion_runs": opt.diffusion_runs} if opt.selection == "ideal" else {}),
+                                          "diffusion_runs": opt.diffusion_runs}
+                                         if opt.selection.startswith("ideal") else {}),
+        "balance_labels": str(opt.balance_labels).lower(),
         "pool_size": json.dumps(per_source(lambda r: r.pool_size)),
         "num_selected": str(opt.num_selected),
         "num_demos": str(opt.num_demos),
