@@ -24,6 +24,8 @@ class EnvVar:
 
 CAST_VLLM_HOME = EnvVar("CAST_VLLM_HOME", "~/.cache/cast-vllm",
                         "cache root: prepared models, content-addressed vector blobs, logging configs")
+CAST_VLLM_WORKER_HOME = EnvVar("CAST_VLLM_WORKER_HOME", "$CAST_VLLM_HOME",
+                               "where a vLLM worker keeps the vectors the engine ships to it (node-local disk)")
 CAST_VLLM_VECTOR_DIR = EnvVar("CAST_VLLM_VECTOR_DIR", "$CAST_VLLM_HOME/vectors",
                               "vector directory of a plain vllm.LLM / vllm serve without cast_vector_dirs")
 CAST_VLLM_DATA = EnvVar("CAST_VLLM_DATA", "../shared/data beside the checkout",
@@ -62,7 +64,7 @@ TOKENIZERS_PARALLELISM = EnvVar("TOKENIZERS_PARALLELISM", "false in Ray actors",
 PYTHONWARNINGS = EnvVar("PYTHONWARNINGS", "FutureWarning/DeprecationWarning ignored (quiet commands)",
                         "warning filters of child processes", ours=False)
 
-VARIABLES: tuple[EnvVar, ...] = (CAST_VLLM_HOME, CAST_VLLM_VECTOR_DIR, CAST_VLLM_DATA,
+VARIABLES: tuple[EnvVar, ...] = (CAST_VLLM_HOME, CAST_VLLM_WORKER_HOME, CAST_VLLM_VECTOR_DIR, CAST_VLLM_DATA,
                                  CAST_VLLM_ALLOW_UNSUPPORTED_VLLM, RAY_ADDRESS, VLLM_CPU_KVCACHE_SPACE,
                                  VLLM_CPU_OMP_THREADS_BIND, VLLM_ENABLE_V1_MULTIPROCESSING,
                                  VLLM_USE_V2_MODEL_RUNNER, OMP_NUM_THREADS, VLLM_PLUGINS, VLLM_CONFIGURE_LOGGING,
@@ -102,6 +104,10 @@ def flag(var: EnvVar) -> bool:
 
 def home() -> str:
     return get(CAST_VLLM_HOME) or os.path.join(os.path.expanduser("~"), ".cache", "cast-vllm")
+
+
+def worker_home() -> str:
+    return get(CAST_VLLM_WORKER_HOME) or home()
 
 
 def vector_dir() -> str | None:

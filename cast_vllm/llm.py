@@ -50,14 +50,13 @@ class SteeredLLM(LLM):
                                     max_steering_vectors, float(max_steering_scale))
         kwargs["hf_overrides"] = {**(kwargs.get("hf_overrides") or {}), "architectures": [wrapper],
                                   **settings.to_overrides()}
-        kwargs.setdefault("worker_extension_cls", "cast_vllm.engine.worker_extension.SteeringWorkerExtension")
         if _cpu_only() and "kv_cache_memory_bytes" not in kwargs and not envs.cpu_kv_cache_space_set():
             kwargs["kv_cache_memory_bytes"] = DEFAULT_CPU_KV_CACHE_BYTES
         super().__init__(model=model, **kwargs)
         self.llm_engine.input_processor._cast_receipts = {}  # request id -> ResolvedSteering (hooks.py)
         cfg = self.llm_engine.model_config
         self.hidden_size = cfg.get_hidden_size()
-        self.num_layers = cfg.get_num_layers(self.llm_engine.vllm_config.parallel_config)
+        self.num_layers = cfg.get_total_num_hidden_layers()   # all stages: vectors name global layers
         logger.info("SteeredLLM: %s as %s, vectors from %s", model, wrapper, [str(d) for d in self.vector_store.dirs])
 
     def _run_engine(self, *args, **kwargs):

@@ -167,13 +167,20 @@ class BlobCache:
         self.capacity = capacity
         self._items: OrderedDict[str, SteeringVector] = OrderedDict()
 
-    def get(self, content_hash: str, blob: str, source: str | None = None) -> SteeringVector:
+    def __contains__(self, content_hash: str) -> bool:
+        return content_hash in self._items
+
+    def get(self, content_hash: str, blob: str | Path, source: str | None = None) -> SteeringVector:
         vec = self._items.get(content_hash)
         if vec is None:
             vec = load_blob(content_hash, blob, source)
-            self._items[content_hash] = vec
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self.put(content_hash, vec)
         else:
             self._items.move_to_end(content_hash)
         return vec
+
+    def put(self, content_hash: str, vector: SteeringVector) -> None:
+        self._items[content_hash] = vector
+        self._items.move_to_end(content_hash)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)

@@ -172,12 +172,17 @@ class SteeringVector:
         path = Path(path)
         if path.suffix == ".gguf":
             return self.save_gguf(path)
+        atomic_write_bytes(path, self.to_safetensors_bytes(where=str(path)))
+        return path
+
+    def to_safetensors_bytes(self, where: str = "vector") -> bytes:
+        """The ``.safetensors`` file's bytes (what ``save`` writes; ``from_safetensors_bytes`` reads)."""
         from safetensors.torch import save as st_save
 
-        meta = check_metadata(self._file_metadata(), where=str(path))   # refuse what load would refuse
-        atomic_write_bytes(path, st_save({f"layer.{i}": t for i, t in self.directions.items()}, metadata=meta))
+        meta = check_metadata(self._file_metadata(), where=where)   # refuse what load would refuse
+        data = st_save({f"layer.{i}": t for i, t in self.directions.items()}, metadata=meta)
         self.metadata = meta
-        return path
+        return data
 
     @classmethod
     def load(cls, path: str | Path) -> "SteeringVector":

@@ -7,6 +7,7 @@ One engine for the module (2 slots, prefix caching on, 32-token blocks)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -157,6 +158,30 @@ def test_lost_or_corrupt_blob_is_rebuilt(engine):
     again = engine.generate(["hello world"], sp({"steering": "v3"}), use_tqdm=False)[0]
     assert again.outputs[0].token_ids == expected.outputs[0].token_ids
     assert SteeringVector.load(blob).content_hash() == store.get("v3").content_hash
+
+
+def test_workers_hold_vectors_shipped_in_band(engine):
+    engine.generate(["hello world"], sp({"steering": "v1"}), use_tqdm=False)
+    (stats,) = engine.steering_stats()
+    assert stats["vectors_received"] >= 1 and stats["vectors_from_paths"] == 0
+
+
+def test_a_vector_the_worker_refuses_fails_only_its_request(engine, monkeypatch):
+    """Bytes that do not hold the vector (a corrupted transfer) are refused by the worker; the
+    request fails on its own, the engine serves others, and the next request ships again."""
+    store = engine.llm_engine.input_processor._cast_admission.store
+    fresh = random_vector(77, scale=2.0)
+    (Path(store.dirs[-1]) / "v77.safetensors").write_bytes(fresh.to_safetensors_bytes())
+    good = SteeringVector.to_safetensors_bytes
+    monkeypatch.setattr(SteeringVector, "to_safetensors_bytes",
+                        lambda self, where="vector": good(random_vector(78, scale=2.0)))
+    bad, plain = engine.generate(["hello world", "hello world"], [sp({"steering": "v77"}), sp()], use_tqdm=False)
+    assert bad.finished and len(bad.outputs[0].token_ids) == 0
+    assert len(plain.outputs[0].token_ids) == 4
+    monkeypatch.setattr(SteeringVector, "to_safetensors_bytes", good)
+    again = engine.generate(["hello world"], sp({"steering": "v77"}), use_tqdm=False)[0]
+    assert len(again.outputs[0].token_ids) == 4 and again.steering is not None
+    alive(engine)
 
 
 # ---- the receipt -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_models import random_vector
 
 from cast_vllm.store import BlobCache, VectorStore
 from cast_vllm.vectors import FORMAT, MAX_VECTOR_NAME_LENGTH, SteeringVector, VectorFileError, check_vector_name
@@ -256,3 +257,29 @@ def test_oversized_metadata_is_refused_at_save_not_at_load(tmp_path):
     with pytest.raises(VectorFileError, match="metadata .* limit is 65536"):
         v.save_gguf(tmp_path / "a.gguf")
     assert os.listdir(tmp_path) == []
+
+
+def test_worker_vectors_keep_only_what_the_hash_names(tmp_path, monkeypatch):
+    """A worker's shipped vectors: checked against the hash, kept on its own disk (read back
+    after eviction from memory), and the request's paths used only for a vector never shipped."""
+    from cast_vllm.engine.worker_vectors import WorkerVectors
+
+    monkeypatch.setenv("CAST_VLLM_WORKER_HOME", str(tmp_path / "worker"))
+    held = WorkerVectors(capacity=1)
+    a, b = random_vector(1), random_vector(2)
+    with pytest.raises(VectorFileError, match="holds other numbers"):
+        held.put(a.content_hash(), b.to_safetensors_bytes())
+    with pytest.raises(VectorFileError, match="shipped vector"):
+        held.put(a.content_hash(), b"not a safetensors file")
+    held.put(a.content_hash(), a.to_safetensors_bytes())
+    held.put(b.content_hash(), b.to_safetensors_bytes())          # evicts a from memory
+    assert held.received == 2 and held.local_path(a.content_hash()).is_file()
+    nowhere = str(tmp_path / "front-end" / "blob.safetensors")
+    assert held.get(a.content_hash(), nowhere, None).content_hash() == a.content_hash()
+    assert held.from_paths == 0
+    c = random_vector(3)
+    c.save(tmp_path / "c.safetensors")
+    assert held.get(c.content_hash(), str(tmp_path / "c.safetensors"), None).content_hash() == c.content_hash()
+    assert held.from_paths == 1
+    with pytest.raises(VectorFileError):
+        held.get(random_vector(4).content_hash(), nowhere, None)

@@ -53,8 +53,10 @@ def test_hooks_patch_exactly_the_listed_internals():
         owner, _, attr = item.name.rpartition(".")
         if item.how == "patched":
             listed.add((owner or item.module.rsplit(".", 1)[-1], attr))
-        else:  # extended: the class gets our cast_steering_stats
-            listed.add((owner, "cast_steering_stats"))
+        else:  # extended: the class gets our cast_steering_stats (workers also cast_put_vector)
+            cls = owner or attr
+            listed |= {(cls, m) for m in ("cast_steering_stats", "cast_put_vector") if cls == "WorkerBase"
+                       or m == "cast_steering_stats"}
     assert assigned == listed
 
 

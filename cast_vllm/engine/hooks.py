@@ -4,7 +4,10 @@ models that are not steering wrappers):
 - front end: ``InputProcessor.process_inputs`` validates every request's keys and resolves steering;
 - engine core: ``generate_block_hash_extra_keys`` adds steering to prefix-cache block keys;
 - engine core: ``Scheduler._handle_blocked_waiting_request`` keeps steered requests within the slot budget;
-- worker: ``GPUModelRunner._model_forward`` (V1 runner, CPU and GPU) indexes tokens to slots.
+- engine core: ``EngineCore.add_request`` gives the scheduler's slot budget a way to ship vectors to
+  the workers (``collective_rpc("cast_put_vector")``, ``worker_vectors.py``);
+- worker: ``GPUModelRunner._model_forward`` (V1 runner, CPU and GPU) indexes tokens to slots;
+- worker: ``WorkerBase`` gets our RPC methods (``worker_extension.py``), whatever the launch command.
 
 Plus one read-only engine-core utility, ``EngineCore.cast_steering_stats``, so a front end
 (the server's ``/metrics``) can read the scheduler's slot waits and the workers' slot counters.
@@ -31,6 +34,7 @@ def install() -> None:
     _patch_scheduler()
     _patch_runner()
     _patch_engine_core()
+    _patch_worker()
 
 
 def _admission_of(processor):
@@ -45,7 +49,7 @@ def _admission_of(processor):
         if is_steering_model(hf_config):
             admission = Admission(SteeringSettings.of_engine(processor.vllm_config),
                                   processor.model_config.get_hidden_size(),
-                                  processor.model_config.get_num_layers(processor.vllm_config.parallel_config))
+                                  processor.model_config.get_total_num_hidden_layers())
         processor._cast_admission = admission
     return admission
 
@@ -178,15 +182,37 @@ def _patch_engine_core() -> None:
 
     if hasattr(EngineCore, "cast_steering_stats"):
         return
+    original_add = EngineCore.add_request
+
+    @functools.wraps(original_add)
+    def add_request(self, request, *args, **kwargs):
+        # vLLM loads this plugin inside EngineCore.__init__, so the scheduler learns here how to
+        # reach every rank of every node (the executor), before a step uses the vector
+        if not hasattr(self.scheduler, "_cast_ship"):
+            self.scheduler._cast_ship = lambda content_hash, data: self.collective_rpc(
+                "cast_put_vector", args=(content_hash, data))
+        return original_add(self, request, *args, **kwargs)
 
     def cast_steering_stats(self) -> dict:
         budget = getattr(self.scheduler, "_cast_budget", None)
         try:
             workers = self.collective_rpc("cast_steering_stats")
-        except Exception as exc:  # no SteeringWorkerExtension configured: no worker counters
+        except Exception as exc:  # a worker without our methods (plugin not loaded there): no counters
             logger.debug("cast_steering_stats: workers did not answer: %s", exc)
             workers = []
         return {"waits": budget.waits if budget is not None else 0,
                 "failed": budget.failed if budget is not None else 0, "workers": list(workers)}
 
+    EngineCore.add_request = add_request
     EngineCore.cast_steering_stats = cast_steering_stats
+
+
+def _patch_worker() -> None:
+    """The worker-extension methods on every worker (see the module doc)."""
+    from vllm.v1.worker.worker_base import WorkerBase
+
+    from cast_vllm.engine.worker_extension import SteeringWorkerMethods
+
+    if not hasattr(WorkerBase, "cast_put_vector"):
+        WorkerBase.cast_steering_stats = SteeringWorkerMethods.cast_steering_stats
+        WorkerBase.cast_put_vector = SteeringWorkerMethods.cast_put_vector

@@ -11,23 +11,31 @@ really schedules (grammar still compiling, LoRA limits, remote KV and preemption
   waits every later steered request waits too (arrival order: no starvation by traffic on
   vectors already loaded); unsteered requests pass;
 - a request whose vector blob cannot be loaded (and cannot be rebuilt from its source file) is
-  finished with an error on its own, before any worker sees it.
+  finished with an error on its own, before any worker sees it;
+- before the first request using a vector is scheduled, the vector is shipped to every worker
+  (``scheduler._cast_ship``, an RPC the engine core sets up; ``worker_vectors.py``), once per
+  engine. A scheduler without it (driven by hand) ships nothing: workers then read the paths.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from cast_vllm.engine.resolved import ResolvedSteering, resolved_of
 from cast_vllm.store import BlobCache
-from cast_vllm.vectors import VectorFileError
 
 logger = logging.getLogger(__name__)
+
+
+#: ``ship(content_hash, safetensors_bytes)``: hand a vector to every worker
+Shipper = Callable[[str, bytes], object]
 
 
 class SlotBudget:
     def __init__(self, max_slots: int):
         self.max_slots = max_slots
+        self.shipped: set[str] = set()      # content hashes every worker holds
         self.waits = 0              # requests held back for a step, summed over steps
         self.failed = 0             # requests finished with an error (unloadable vector)
         self.blobs = BlobCache(capacity=64)
@@ -50,7 +58,7 @@ class SlotBudget:
         r = resolved_of(request.sampling_params)
         if r is None:
             return True
-        if not self._loadable(r, request.request_id):
+        if not self._loadable(r, request.request_id, getattr(scheduler, "_cast_ship", None)):
             scheduler.grammar_compile_error_reqs.add(request.request_id)  # vLLM's "finish with error" set
             return False
         self._count_running(scheduler.running)
@@ -62,12 +70,17 @@ class SlotBudget:
             return False
         return True
 
-    def _loadable(self, r: ResolvedSteering, request_id: str) -> bool:
+    def _loadable(self, r: ResolvedSteering, request_id: str, ship: Shipper | None) -> bool:
+        """Load each vector and ship it to the workers the first time; False when either fails."""
         try:
             for c in r.components:
-                self.blobs.get(c.content_hash, c.blob, c.source)
-        except VectorFileError as exc:
+                vector = self.blobs.get(c.content_hash, c.blob, c.source)
+                if ship is not None and c.content_hash not in self.shipped:
+                    ship(c.content_hash, vector.to_safetensors_bytes())
+                    self.shipped.add(c.content_hash)
+        except Exception as exc:   # VectorFileError, or a worker that refused the bytes
             self.failed += 1
-            logger.error("request %s fails: steering vector cannot be loaded: %s", request_id, exc)
+            logger.error("request %s fails: steering vector %s cannot be loaded or shipped: %s", request_id,
+                         c.content_hash[:12], exc)
             return False
         return True

@@ -16,13 +16,13 @@ import torch
 
 from cast_vllm.engine.resolved import ResolvedSteering
 from cast_vllm.engine.slot_table import SlotTable
-from cast_vllm.store import BlobCache
+from cast_vllm.engine.worker_vectors import WorkerVectors
 
 
 class SlotManager:
     def __init__(self, table: SlotTable):
         self.table = table
-        self.blobs = BlobCache(capacity=max(64, 4 * table.num_slots))
+        self.vectors = WorkerVectors(capacity=max(64, 4 * table.num_slots))
         self._slots: OrderedDict[tuple, int] = OrderedDict()  # key -> slot, least recent first
         self._free = list(range(table.num_slots, 0, -1))
         self._pinned: set[int] = set()
@@ -75,7 +75,7 @@ class SlotManager:
         modes: dict[int, str] = {}
         for content_hash, relative, layers, mode in key:
             comp = by_hash[content_hash]
-            vec = self.blobs.get(comp.content_hash, comp.blob, comp.source)
+            vec = self.vectors.get(comp.content_hash, comp.blob, comp.source)
             for layer in layers:
                 delta = vec.directions[layer] if relative == 1.0 else relative * vec.directions[layer]
                 rows[layer] = rows[layer] + delta if layer in rows else delta

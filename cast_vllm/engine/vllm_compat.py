@@ -69,6 +69,10 @@ PATCHED_INTERNALS: tuple[Internal, ...] = (
              "index every scheduled token to its steering slot before the forward pass (V1 runner, CPU and GPU)"),
     Internal("vllm.v1.engine.core", "EngineCore.collective_rpc", "extended", "cast_vllm.engine.hooks",
              "EngineCore gets cast_steering_stats, which calls this (the server's /metrics)"),
+    Internal("vllm.v1.engine.core", "EngineCore.add_request", "patched", "cast_vllm.engine.hooks",
+             "give the scheduler's slot budget the RPC that ships vectors to the workers"),
+    Internal("vllm.v1.worker.worker_base", "WorkerBase", "extended", "cast_vllm.engine.hooks",
+             "every worker answers cast_put_vector / cast_steering_stats (no worker_extension_cls needed)"),
 )
 
 # Imported, subclassed, overridden or called: not patched, but a rename breaks us. The tests
@@ -124,6 +128,7 @@ RUNTIME_ATTRIBUTES: tuple[str, ...] = (
     ".requests[id].{sampling_params,num_prompt_tokens}, .get_model() (runner_hook, worker_extension)",
     "Request.{sampling_params,num_prompt_tokens} (prefix-cache keys, scheduler hold-back)",
     "InputProcessor.{model_config,vllm_config}; Scheduler.vllm_config; EngineCore.scheduler (hooks)",
+    "<worker>.model_runner.get_model() (worker_extension)",
     "LLM.llm_engine.{input_processor,model_config,vllm_config} (SteeredLLM)",
     "<model>.model._set_aux_hidden_state_layers, or <model>.embed_input_ids and the decoder loop where the "
     "inner model lacks it (activation probe); decoder layer forward(positions, hidden, residual)",

@@ -102,8 +102,6 @@ def build_service(engine_client, args):
     store = ServingVectorStore(upload_dir, SteeringSettings.from_hf_config(hf_config).vector_dirs)
     service = SteeringService(engine_client, store, serving)
     service.install()
-    if getattr(args, "worker_extension_cls", None) != WORKER_EXTENSION:
-        logger.info("no --worker-extension-cls %s: /metrics shows no slot loads or evictions", WORKER_EXTENSION)
     return service
 
 

@@ -19,7 +19,7 @@ from cast_vllm import envs
 from cast_vllm.engine.settings import (DEFAULT_MAX_CONCURRENT_UPLOADS, DEFAULT_MAX_UPLOAD_BYTES,
                                        DEFAULT_MAX_UPLOADED_VECTORS)
 from cast_vllm.errors import CastVllmError
-from cast_vllm.serving.plugin import PLUGIN_NAME, WORKER_EXTENSION
+from cast_vllm.serving.plugin import PLUGIN_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +92,6 @@ def build_server_args(options: ServeOptions, vllm_argv: list[str]) -> Namespace:
     except ValueError as exc:
         raise ServeError(str(exc)) from None
     args.hf_overrides = {**user_overrides, **steering_overrides(options, wrapper)}
-    if not args.worker_extension_cls:
-        args.worker_extension_cls = WORKER_EXTENSION
-    elif args.worker_extension_cls != WORKER_EXTENSION:
-        logger.warning("--worker-extension-cls %s replaces %s: /metrics will show no slot loads or evictions",
-                       args.worker_extension_cls, WORKER_EXTENSION)
     if current_platform.is_cpu():
         envs.use_cpu_engine_defaults()
         if args.kv_cache_memory_bytes is None and not envs.cpu_kv_cache_space_set():

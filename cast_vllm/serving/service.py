@@ -79,7 +79,7 @@ class SteeringService:
         self.uploads_in_progress = 0
         model_config = engine_client.model_config
         self.hidden_size = model_config.get_hidden_size()
-        self.num_layers = model_config.get_num_layers(engine_client.vllm_config.parallel_config)
+        self.num_layers = model_config.get_total_num_hidden_layers()
         self.settings = SteeringSettings.of_engine(engine_client.vllm_config)
         # One admission (and so one store and one cache) for the HTTP checks and the engine hook.
         self.admission = Admission(self.settings, self.hidden_size, self.num_layers)

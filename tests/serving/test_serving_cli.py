@@ -30,7 +30,7 @@ def test_cli_upload_limits():
 
 
 def test_defaults_loopback_wrapper_settings_and_cpu_kv_cache(tiny_model_dir, tmp_path, monkeypatch):
-    from cast_vllm.serving.server import DEFAULT_CPU_KV_CACHE_BYTES, WORKER_EXTENSION, build_server_args
+    from cast_vllm.serving.server import DEFAULT_CPU_KV_CACHE_BYTES, build_server_args
 
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
     opts = _options(tiny_model_dir("llama"), tmp_path, max_steering_vectors=3, max_steering_scale=50.0)
@@ -40,7 +40,7 @@ def test_defaults_loopback_wrapper_settings_and_cpu_kv_cache(tiny_model_dir, tmp
                                  "cast_max_steering_vectors": 3, "cast_max_scale": 50.0,
                                  "cast_upload_dir": opts.upload_dir, "cast_max_upload_bytes": 16 << 20,
                                  "cast_max_uploaded_vectors": 256, "cast_max_concurrent_uploads": 4}
-    assert args.worker_extension_cls == WORKER_EXTENSION
+    assert args.worker_extension_cls == ""     # workers get our RPC methods from the plugin
     assert args.kv_cache_memory_bytes == DEFAULT_CPU_KV_CACHE_BYTES
 
 
