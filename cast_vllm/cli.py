@@ -21,6 +21,7 @@ COMMANDS = {
     "prepare-model": ("prepare_model", "prepare an embedded model and print its folder"),
     "extract": ("extract", "build a CAST steering vector from a source task"),
     "generate": ("generate", "steered generation from the command line"),
+    "batch": ("batch", "offline batch inference from a JSONL file (resumable, N Ray workers)"),
     "serve": ("serve", "OpenAI-compatible server with per-request steering"),
     "eval": ("eval", "evaluate cross-task transfer (zero-shot, ICL, CAST, controls)"),
     "bench": ("bench", "benchmarks: offline throughput, serving latency, extraction, kernel"),

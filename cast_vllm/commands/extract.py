@@ -91,7 +91,7 @@ def _compare_specs(items: list[str], default_task: str) -> list[tuple[str, str]]
 
 def run(args) -> int:
     from cast_vllm.method.pipeline import extract
-    from cast_vllm.method.ray_workers import WorkerLostError
+    from cast_vllm.ray_pool import WorkerLostError
     from cast_vllm.vectors import VectorFileError
 
     out = Path(args.out)

@@ -16,7 +16,8 @@ import numpy as np
 
 from cast_vllm.method.activations import ReaderConfig, model_info, open_reader
 from cast_vllm.method.checkpoints import ShardCheckpoint, model_fingerprint
-from cast_vllm.method.ray_workers import RayWorkers
+from cast_vllm.method.ray_workers import ActivationWorker
+from cast_vllm.ray_pool import RayWorkers
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ class ActivationPool:
         self.checkpoint = ShardCheckpoint(checkpoint_dir, model_fingerprint(config)) if checkpoint_dir else None
         self.stats = {"shards_computed": 0, "shards_resumed": 0, "workers_replaced": 0}
         self._reader = None
-        self._ray = RayWorkers(config, workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+        self._ray = RayWorkers(ActivationWorker, (config,), workers, what=f"{config.backend} activation reader",
+                               gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                                max_retries=max_retries, start_timeout=start_timeout) if self.use_ray else None
 
     def worker_pids(self) -> list[int]:
