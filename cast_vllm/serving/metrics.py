@@ -37,6 +37,11 @@ class SteeringCollector(Collector):
                                   value=int(workers.get("loads", 0)))
         yield CounterMetricFamily(f"{PREFIX}_slot_evictions", "Steering rows evicted from a slot to make room.",
                                   value=int(workers.get("evictions", 0)))
+        yield CounterMetricFamily(f"{PREFIX}_vectors_shipped", "Steering vectors the engine shipped to a worker "
+                                  "in-band (checked by content hash).", value=int(workers.get("vectors_received", 0)))
+        yield CounterMetricFamily(f"{PREFIX}_vectors_read_from_paths", "Steering vectors a worker read from the "
+                                  "front end's paths instead (0 unless the engine could not ship).",
+                                  value=int(workers.get("vectors_from_paths", 0)))
         yield GaugeMetricFamily(f"{PREFIX}_slots", "Steering slots per worker (max_steering_vectors).",
                                 value=int(workers.get("slots", s.settings.max_steering_vectors)))
         yield GaugeMetricFamily(f"{PREFIX}_slots_in_use", "Steering slots holding a row.",

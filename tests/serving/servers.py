@@ -178,7 +178,8 @@ CHECK_VECTOR = "plugin-check"
 SERIES = ("cast_steering_requests_total", "cast_steering_rejected_requests_total",
           "cast_steering_slot_waits_total", "cast_steering_slot_loads_total", "cast_steering_slot_evictions_total",
           "cast_steering_requests_in_flight", "cast_steering_vectors_in_flight", "cast_steering_slots",
-          "cast_steering_slots_in_use", "cast_steering_vectors_available")
+          "cast_steering_slots_in_use", "cast_steering_vectors_available", "cast_steering_vectors_shipped_total",
+          "cast_steering_vectors_read_from_paths_total")
 
 
 def upload_bytes() -> bytes:
@@ -221,6 +222,9 @@ def check_metrics_series(server: Served, model_name: str):
               if line.startswith("cast_steering_")}
     assert set(SERIES) <= set(values), sorted(values)
     assert values["cast_steering_vectors_available"] >= 1
+    # the steered request of check_steered_request_has_receipt: its vector went to the worker in-band
+    assert values["cast_steering_vectors_shipped_total"] >= 1
+    assert values["cast_steering_vectors_read_from_paths_total"] == 0
 
 
 def check_api_key_guards_steering_and_metrics(server: Served, model_name: str):
