@@ -16,6 +16,7 @@ BENCHMARKS = {
     "extraction": "activation extraction prompts/s: vLLM probe vs HF hooks, Ray workers",
     "kernel": "the fused steering kernel's bandwidth (Triton on CUDA, torch reference on CPU)",
     "scales": "an alpha sweep in one batch: per-token scales (one slot) vs scales folded into rows",
+    "peers": "the same steering through our engine and peer systems (repeng, steering-vectors, vllm-lens): token identity, speed",
 }
 
 
