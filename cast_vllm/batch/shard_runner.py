@@ -2,8 +2,8 @@
 a Ray actor (``ray_pool.py``). Every shard is one engine run, so a shard's batch, and with it
 every number, is the same whichever worker runs it: N workers write what one writes.
 
-Vectors arrive as bytes from the driver (checked by content hash) and are registered in the
-engine, so an actor on another node needs no vector files of its own.
+Vectors arrive as safetensors bytes from the driver (parsed with the same checks as a file) and
+are registered in the engine, so an actor on another node needs no vector files of its own.
 """
 
 from __future__ import annotations

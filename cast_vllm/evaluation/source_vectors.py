@@ -154,7 +154,7 @@ class SourceVectors:
                                  balance_labels=balanced)
         shift = source_shift(self.pool, self.spec, self._reader(kind, seed), settings, seed,
                              target_embeddings=self._target_embeddings() if kind == "cast_target_aware" else None)
-        agg = aggregate_differences(shift.diffs, "mean", shift.weights if balanced else None)
+        agg = aggregate_differences(shift.diffs, "mean", shift.weights)
         meta = {"model": self.model, "method": kind, "source": self.name, "seed": str(seed),
                 "selection": _SELECTION[kind] or "none", "balance_labels": str(balanced).lower(),
                 "num_samples": str(len(shift.items)), "num_demos": str(self.num_demos),

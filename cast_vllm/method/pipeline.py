@@ -189,7 +189,7 @@ def _one_source(opt: ExtractOptions, path: str, spec: TaskSpec, pool: list[TaskI
     except SelectionError as exc:
         raise ExtractionError(f"{path}: {exc}") from None
     diffs = shift.diffs[:, keep].astype(np.float32)     # kept for the report; aggregated as stored
-    agg = aggregate_differences(diffs, opt.aggregate, None if not opt.balance_labels else shift.weights)
+    agg = aggregate_differences(diffs, opt.aggregate, shift.weights)
     norms = np.linalg.norm(agg, axis=-1)
     logger.info("%s: %d samples, vector norm per layer %.3g..%.3g", path, len(shift.items), norms.min(), norms.max())
     return SourceResult(path=str(path), task=spec, pool_size=len(pool), selected_ids=shift.sample_ids,

@@ -48,13 +48,14 @@ class ShiftSettings:
 class SourceShift:
     """What one source contributes: the chosen samples, their demonstrations, the zero-shot
     states as read (the whole pool, or only the chosen under random selection) and the
-    float64 differences ``[chosen, layers, hidden]`` with each one's weight in the mean."""
+    float64 differences ``[chosen, layers, hidden]`` with each one's weight in the mean (None: a
+    plain mean)."""
 
     items: list[TaskItem]
     demos: list[list[TaskItem]]
     zero: np.ndarray
     diffs: np.ndarray
-    weights: np.ndarray
+    weights: np.ndarray | None
 
     @property
     def sample_ids(self) -> list[str]:
@@ -85,7 +86,7 @@ def source_shift(pool: Sequence[TaskItem], spec: TaskSpec, read: StateReader, se
     if settings.balance_labels:
         assigned, weights = assign_balanced_demos(labels, settings.num_demos, seed), label_balanced_weights(labels)
     else:
-        assigned, weights = assign_demos(len(items), settings.num_demos, seed), np.full(len(items), 1 / len(items))
+        assigned, weights = assign_demos(len(items), settings.num_demos, seed), None
     demos = [[items[j] for j in d] for d in assigned]
     few = read(build_prompts(items, demos, spec, chat=chat, tokenizer=tokenizer), FEW_SHOT)
     diffs = few.astype(np.float64) - zero_selected.astype(np.float64)
