@@ -168,3 +168,13 @@ def test_cli_refuses_bad_input_with_exit_2(tmp_path, capsys):
     assert "unknown key(s) ['promt']" in capsys.readouterr().err
     assert main(["batch", "--input", str(path), "--output", str(path)]) == 2
     assert "must not be the input file" in capsys.readouterr().err
+
+
+def test_a_broken_vector_file_is_refused_before_any_engine_starts(tiny_model_dir, tmp_path):
+    vectors = tmp_path / "vectors"
+    vectors.mkdir()
+    (vectors / "broken.safetensors").write_bytes(b"not a safetensors file")
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"prompt": "x", "steering": "broken"}) + "\n")
+    with pytest.raises(BatchInputError, match="vector 'broken' cannot be used"):
+        run_batch(_options(tiny_model_dir("llama"), path, tmp_path / "out.jsonl", vectors))
