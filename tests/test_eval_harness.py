@@ -31,9 +31,10 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval-data")
     src = write_sentiment_jsonl(root / "src.jsonl", 30, 1000)
     tgt = write_sentiment_jsonl(root / "tgt.jsonl", 45, 2000)
+    extra = write_sentiment_jsonl(root / "extra.jsonl", 30, 3000)
     pairs = root / "pairs.json"
     pairs.write_text(json.dumps([{"input": f"w{i}", "output": f"x{i % 9}y{i}"} for i in range(40)]))
-    return {"src": src, "tgt": tgt, "pairs": pairs, "root": root}
+    return {"src": src, "tgt": tgt, "extra": extra, "pairs": pairs, "root": root}
 
 
 def _config(data, **kw):
@@ -227,3 +228,33 @@ def test_cast_variants_search_their_own_settings_on_dev(engine, data, tiny_model
     dev_ids = set(result["splits"]["dev_ids"])
     assert all(set(a.item_ids) <= dev_ids for a in audit if a.phase == "dev")
     assert not {"cast_target_aware", "cast_balanced"} & set(_config(data).methods)
+
+
+def test_relative_and_multi_source_variants(engine, data, tiny_model_dir):
+    """cast_relative resizes CAST's vector layer by layer to one share of the target's residual
+    norm; cast_multi_source sums the sources' CAST vectors with per-layer similarity weights
+    (recorded, summing to 1), drawing samples from every source."""
+    result, _ = _run(engine, data, tiny_model_dir, methods="zero_shot,cast,cast_relative,cast_multi_source",
+                     seeds=1, latency_items=0, extra_sources=[str(data["extra"])])
+    assert {"cast_relative", "cast_multi_source"} <= set(result["methods"])
+    assert {"cast_relative/s0", "cast_multi_source/s0"} <= set(result["search"]["traces"])
+    vecs = result["vectors"]
+    assert vecs["cast_relative/s0"]["sample_ids"] == vecs["cast/s0"]["sample_ids"]
+    multi = vecs["cast_multi_source/s0"]
+    weights = multi["source_weights"]
+    assert set(weights) == {"src", "extra"}
+    per_layer = [sum(w) for w in zip(*weights.values())]
+    assert per_layer == pytest.approx([1.0] * len(per_layer))
+    assert {i.split(":")[0] for i in multi["sample_ids"]} == {"src", "extra"}
+
+
+def test_multi_source_configuration_is_checked(data):
+    with pytest.raises(EvalConfigError, match="needs extra_sources"):
+        _config(data, methods="zero_shot,cast_multi_source").validate()
+    with pytest.raises(EvalConfigError, match="must differ"):
+        _config(data, methods="zero_shot,cast_multi_source", extra_sources=[str(data["src"])]).validate()
+    with pytest.raises(EvalConfigError, match="extra source file .* does not exist"):
+        _config(data, methods="zero_shot,cast_multi_source",
+                extra_sources=[str(data["root"] / "missing.jsonl")]).validate()
+    with pytest.raises(EvalConfigError, match="similarity_threshold"):
+        _config(data, similarity_threshold=1.5).validate()

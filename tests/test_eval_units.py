@@ -244,3 +244,27 @@ def test_vader_sets_from_pypi_match_the_shared_files(shared_data, tmp_path, monk
     assert len(load_task(fetched, "sentiment")) == len(load_task(shared_data / "sentiment" / "tweets.jsonl", "sentiment"))
     with pytest.raises(VaderDataError, match="unknown VADER set"):
         vader_file("imdb")
+
+
+def test_suite_gives_multi_source_its_pairs_extra_sources(shared_data):
+    from cast_vllm.evaluation.suite import DEFAULT_PAIRS, _config_key, suite_configs
+
+    configs = {p.name: c for p, c in suite_configs(
+        "smollm2-135m", shared_data, overrides={"methods": ["zero_shot", "cast", "cast_multi_source"]})}
+    assert "cast_multi_source" not in configs["movies->movies"].methods          # in-domain: no other source
+    assert [p.split("/")[-1] for p in configs["movies->tweets"].extra_sources] == ["amazon.jsonl"]
+    for pair in DEFAULT_PAIRS:
+        for rel in pair.extra_sources:
+            assert (shared_data / rel).is_file() and rel != pair.source
+    plain = suite_configs("smollm2-135m", shared_data, pairs=["movies->tweets"])[0][1]
+    assert plain.extra_sources == () and "extra_sources" not in _config_key(plain)   # old results stay reusable
+
+
+def test_a_suite_run_of_some_pairs_keeps_the_others(tmp_path):
+    from cast_vllm.evaluation.suite import _with_other_pairs
+
+    previous = {"arc_easy->arc_challenge": {"name": "arc_easy->arc_challenge", "v": 1},
+                "movies->tweets": {"name": "movies->tweets", "v": 1}}
+    merged = _with_other_pairs([{"name": "movies->tweets", "v": 2}, {"name": "movies->amazon", "v": 2}], previous)
+    assert [(r["name"], r["v"]) for r in merged] == [("movies->tweets", 2), ("movies->amazon", 2),
+                                                     ("arc_easy->arc_challenge", 1)]

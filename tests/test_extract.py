@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from cast_vllm.method.activations import HFActivationReader, ReaderConfig, encode_prompts, load_tokenizer
 from cast_vllm.method.cast_math import (
     aggregate_differences, assign_balanced_demos, assign_demos, label_balanced_weights, random_control_vector,
-    similarity_weights,
+    relative_to_residual, similarity_weights, unique_names,
 )
 from cast_vllm.method.options import ExtractionError, ExtractOptions
 from cast_vllm.method.pipeline import extract, extract_vector
@@ -135,6 +135,39 @@ def test_balanced_demos_cover_labels_evenly(labels, num_demos, seed):
     assert w.sum() == pytest.approx(1.0) and (w > 0).all()
     for k in set(labels):
         assert w[[j for j, x in enumerate(labels) if x == k]].sum() == pytest.approx(1 / len(set(labels)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(norms=st.lists(st.one_of(st.just(0.0), st.floats(1e-3, 50.0)), min_size=1, max_size=8),
+       residual=st.floats(0.5, 500.0),
+       growth=st.floats(1.0, 3.0), seed=st.integers(0, 3))
+def test_relative_to_residual_gives_every_layer_one_share_of_its_stream(norms, residual, growth, seed):
+    rng = np.random.default_rng(seed)
+    dirs = rng.normal(size=(len(norms), 6))
+    dirs *= (np.array(norms) / np.linalg.norm(dirs, axis=1))[:, None]
+    res = residual * growth ** np.arange(len(norms))
+    live = np.array(norms) > 0
+    if not live.any():
+        with pytest.raises(ExtractionError, match="zero at every layer"):
+            relative_to_residual(dirs, res)
+        return
+    out = relative_to_residual(dirs, res)
+    shares = np.linalg.norm(out, axis=1) / res
+    expected = np.median((np.array(norms) / res)[live])
+    np.testing.assert_allclose(shares[live], expected, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(out[~live], 0.0)
+    for i in np.nonzero(live & (np.linalg.norm(out, axis=1) > 0))[0]:   # directions kept, only sizes change
+        cos = out[i] @ dirs[i] / (np.linalg.norm(out[i]) * np.linalg.norm(dirs[i]))
+        assert cos == pytest.approx(1.0, abs=1e-5)
+
+
+def test_relative_to_residual_refuses_bad_norms_and_names_are_unique():
+    d = np.ones((3, 4))
+    for bad in (np.array([1.0, 0.0, 1.0]), np.array([1.0, np.nan, 1.0]), np.ones(2)):
+        with pytest.raises(ExtractionError):
+            relative_to_residual(d, bad)
+    assert unique_names(["movies", "tweets", "movies"]) == ["movies#0", "tweets", "movies#2"]
+    assert unique_names(["a", "b"]) == ["a", "b"]
 
 
 def test_weighted_aggregate():

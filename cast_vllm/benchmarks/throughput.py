@@ -136,9 +136,9 @@ def _run_dtype(args, model: str, dtype: str) -> tuple[dict, list]:
     grid = [(b, k, layers, mode) for b, k, layers, mode in itertools.product(args.batches, args.ks, args.layers,
                                                                              args.modes)
             if k != 0 or (layers, mode) == (args.layers[0], args.modes[0])]   # K=0 steers nothing: once
-    warm = min(8, max(args.batches))
-    for engine, k in ((plain, 0), (steered, "all")):  # warm-up (compile, caches)
-        engine.generate(prompts(warm), params(warm, k, "all", args.modes[0]), use_tqdm=False)
+    for batch in args.batches:  # warm-up at every batch size (compile, caches, allocator)
+        for engine, k in ((plain, 0), (steered, "all")):
+            engine.generate(prompts(batch), params(batch, k, "all", args.modes[0]), use_tqdm=False)
     rows = {}
     for r in range(args.rounds):
         for batch, k, layers, mode in grid:

@@ -55,6 +55,8 @@ def add_arguments(p) -> None:
     add_field(p, EvalConfig, "split_seed", "seed of the dev/test split")
     g = p.add_argument_group("method")
     setting(g, "pool_size", "source pool size", note="; suite 48")
+    setting(g, "extra_sources", "cast_multi_source: more source files, comma list", note="; suite per pair")
+    setting(g, "similarity_threshold", "cast_multi_source: drop sources whose cosine to the target is lower")
     setting(g, "num_selected", "samples building a CAST vector")
     setting(g, "num_demos", "demos per few-shot prompt when extracting")
     setting(g, "icl_shots", "candidate k for icl/target_icl")

@@ -38,7 +38,7 @@ def field_default(cls: type, name: str) -> Any:
 
 def shown(value: Any) -> str:
     if isinstance(value, (list, tuple)):
-        return ",".join(shown(v) for v in value)
+        return ",".join(shown(v) for v in value) if value else "none"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

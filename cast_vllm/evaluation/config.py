@@ -26,6 +26,8 @@ class EvalConfig:
     target: str
     task: str = "sentiment"                 # target task format or task file
     source_task: str | None = None          # default: task
+    extra_sources: Sequence[str] = ()       # cast_multi_source: more source files (source_task format)
+    similarity_threshold: float = 0.0       # cast_multi_source: sources less similar to the target are dropped
     methods: Sequence[str] = METHODS
     seeds: int = 3
     n_test: int = 400
@@ -70,7 +72,15 @@ class EvalConfig:
             raise EvalConfigError(f"pool_size {self.pool_size} is smaller than num_selected {self.num_selected}")
         if self.latency_batch < 1 or self.latency_items < 0 or self.latency_rounds < 1:
             raise EvalConfigError("latency_batch and latency_rounds must be >= 1 and latency_items >= 0")
-        for path, what in ((self.source, "source"), (self.target, "target")):
+        if "cast_multi_source" in self.methods and not self.extra_sources:
+            raise EvalConfigError("cast_multi_source needs extra_sources (--extra-sources a.jsonl,b.jsonl)")
+        if not -1.0 <= self.similarity_threshold < 1.0:
+            raise EvalConfigError(f"similarity_threshold must be in [-1, 1), got {self.similarity_threshold}")
+        sources = [str(Path(p).resolve()) for p in (self.source, *self.extra_sources)]
+        if len(set(sources)) != len(sources):
+            raise EvalConfigError("extra_sources must differ from each other and from the source")
+        for path, what in ((self.source, "source"), (self.target, "target"),
+                           *((p, "extra source") for p in self.extra_sources)):
             if not Path(path).is_file():
                 raise EvalConfigError(f"{what} file {path} does not exist")
 

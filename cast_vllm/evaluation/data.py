@@ -26,6 +26,7 @@ class EvalData:
     dev: list[TaskItem]
     test: list[TaskItem]
     pool: list[TaskItem]               # source items the vectors and ICL demos come from
+    extra_pools: list[tuple[str, list[TaskItem]]]   # (file stem, pool) of each extra source, likewise cleaned
     n_excluded: int                    # source items dropped for sharing a text with dev/test
     labels: scoring.LabelSet | None    # None: generation scoring
     zero_dev: list[str]                # zero-shot prompts of the dev items
@@ -40,6 +41,8 @@ def load_data(cfg: EvalConfig, tokenizer: Any) -> EvalData:
     split = split_target(target_items, cfg.n_dev, cfg.n_test, cfg.split_seed)
     dev, test = list(split.dev), list(split.test)
     pool, n_excluded = source_pool(source_items, dev + test, cfg.pool_size, cfg.split_seed)
+    extra_pools = [(Path(path).stem, source_pool(load_task(path, sspec), dev + test, cfg.pool_size, cfg.split_seed)[0])
+                   for path in cfg.extra_sources]
     closed = is_closed_label_task(target_items, cfg.max_labels)
     if cfg.scoring == "labels" and not closed:
         raise EvalConfigError(f"{cfg.target}: {len({it.answer for it in target_items})} distinct outputs; label "
@@ -49,6 +52,6 @@ def load_data(cfg: EvalConfig, tokenizer: Any) -> EvalData:
     logger.info("%s: %d dev, %d test target items, source pool %d (%d excluded), scoring %s",
                 cfg.name or Path(cfg.target).stem, len(dev), len(test), len(pool), n_excluded,
                 "labels " + str(list(labels.keys)) if labels else "generation")
-    return EvalData(tspec, sspec, split, dev, test, pool, n_excluded, labels,
+    return EvalData(tspec, sspec, split, dev, test, pool, extra_pools, n_excluded, labels,
                     zero_dev=[zero_shot_prompt(it, tspec) for it in dev],
                     zero_test=[zero_shot_prompt(it, tspec) for it in test])

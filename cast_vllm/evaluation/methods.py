@@ -14,8 +14,12 @@
 |                         |                                          | queries (``ideal_target``)       |
 | ``cast_balanced``       | target query                             | CAST vector, label-balanced      |
 |                         |                                          | demonstrations and mean          |
+| ``cast_relative``       | target query                             | CAST vector, each layer resized  |
+|                         |                                          | to one share of its residual norm|
+| ``cast_multi_source``   | target query                             | CAST vectors of several sources, |
+|                         |                                          | similarity-weighted              |
 
-The last two are variants (issue 13), run only when named in ``--methods``.
+The last four are variants (issue 13), run only when named in ``--methods``.
 
 Cross-task ICL (Chatterjee et al., ACL 2024) retrieves, for each target query, the ``k`` source
 pool items most similar to it. Similarity is the cosine between the model's own zero-shot
@@ -38,7 +42,7 @@ from cast_vllm.method.tasks import TaskItem, TaskSpec, plain_prompt
 METHODS = ("zero_shot", "calibrated_zero_shot", "icl", "cast", "cast_random_selection", "mean_diff", "random_vector",
            "target_icl")
 #: variants of CAST, off by default (each adds a dev search)
-VARIANT_METHODS = ("cast_target_aware", "cast_balanced")
+VARIANT_METHODS = ("cast_target_aware", "cast_balanced", "cast_relative", "cast_multi_source")
 #: every method, in report order
 ALL_METHODS = METHODS[:4] + VARIANT_METHODS + METHODS[4:]
 STEERED_METHODS = ("cast", "cast_random_selection", "mean_diff", "random_vector") + VARIANT_METHODS
@@ -59,6 +63,9 @@ DESCRIPTIONS = {
     "target_icl": "k retrieved target dev demonstrations (upper reference, uses target labels)",
     "cast_target_aware": "zero-shot + CAST vector, source samples chosen by influence on the target's dev queries",
     "cast_balanced": "zero-shot + CAST vector, label-balanced demonstrations and label-weighted mean",
+    "cast_relative": "zero-shot + CAST vector, every layer resized to the same share of the target's residual norm",
+    "cast_multi_source": "zero-shot + CAST vectors of the source and the extra sources, weighted per layer by "
+                         "similarity to the target",
 }
 
 

@@ -79,6 +79,11 @@ def source_vectors(cfg: EvalConfig, backend: EvalBackend, data: EvalData) -> Sou
     embeddings) needs one."""
     if not (any(m in STEERED_METHODS for m in cfg.methods) or "icl" in cfg.methods):
         return None
-    return SourceVectors(backend.acts, data.pool, data.sspec, num_layers=backend.engine.num_layers,
-                         num_selected=min(cfg.num_selected, len(data.pool)), num_demos=cfg.num_demos,
-                         model=cfg.model, name=Path(cfg.source).stem, target_prompts=data.zero_dev)
+    def vectors_of(pool, name: str, extra_sources=()) -> SourceVectors:
+        return SourceVectors(backend.acts, pool, data.sspec, num_layers=backend.engine.num_layers,
+                             num_selected=min(cfg.num_selected, len(pool)), num_demos=cfg.num_demos,
+                             model=cfg.model, name=name, target_prompts=data.zero_dev, extra_sources=extra_sources,
+                             similarity_threshold=cfg.similarity_threshold)
+
+    extras = [vectors_of(pool, name) for name, pool in data.extra_pools] if "cast_multi_source" in cfg.methods else []
+    return vectors_of(data.pool, Path(cfg.source).stem, extras)

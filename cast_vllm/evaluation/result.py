@@ -104,7 +104,8 @@ def assemble_result(r: PhaseResults) -> dict[str, Any]:
                    "traces": {f"{k}/s{s}": search.trace_dicts() for (k, s), search in r.steered.searches.items()},
                    "zero_shot_dev_accuracy": r.prompted.dev_scores[ZERO_SHOT].accuracy},
         "vectors": {f"{k}/s{sd}": {"sample_ids": b.sample_ids, "num_demos": cfg.num_demos,
-                                   "norm_range": [min(b.norms().values()), max(b.norms().values())]}
+                                   "norm_range": [min(b.norms().values()), max(b.norms().values())],
+                                   **({"source_weights": b.source_weights} if b.source_weights else {})}
                     for (k, sd), b in r.vectors.built.items()},
         "registered_vectors": {f"{k}/s{sd}": name for (k, sd), name in r.vectors.names.items()},
         "icl_truncated_prompts": r.prompted.truncated,

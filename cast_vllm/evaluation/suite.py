@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +21,7 @@ from cast_vllm import envs
 from cast_vllm.atomic import atomic_write_bytes
 from cast_vllm.errors import CastVllmError
 from cast_vllm.evaluation.config import EvalConfig
+from cast_vllm.evaluation.methods import METHODS, parse_methods
 from cast_vllm.evaluation.protocol import evaluate
 
 logger = logging.getLogger(__name__)
@@ -34,22 +35,30 @@ class Pair:
     task: str
     family: str            # sentiment | mc | pairs
     in_domain: bool = False
+    extra_sources: tuple[str, ...] = ()   # cast_multi_source: other sources of the target's family
 
 
 DEFAULT_PAIRS: tuple[Pair, ...] = (
     Pair("movies->movies", "sentiment/movies.jsonl", "sentiment/movies.jsonl", "sentiment", "sentiment", True),
-    Pair("movies->tweets", "sentiment/movies.jsonl", "sentiment/tweets.jsonl", "sentiment", "sentiment"),
-    Pair("movies->amazon", "sentiment/movies.jsonl", "sentiment/amazon.jsonl", "sentiment", "sentiment"),
-    Pair("arc_easy->arc_challenge", "mc/arc_easy.jsonl", "mc/arc_challenge.jsonl", "mc", "mc"),
-    Pair("commonsense_qa->openbook_qa", "mc/commonsense_qa.jsonl", "mc/openbook_qa.jsonl", "mc", "mc"),
-    Pair("arc_easy->piqa", "mc/arc_easy.jsonl", "mc/piqa.jsonl", "mc", "mc"),
-    Pair("boolq->arc_challenge", "mc/boolq.jsonl", "mc/arc_challenge.jsonl", "mc", "mc"),
+    Pair("movies->tweets", "sentiment/movies.jsonl", "sentiment/tweets.jsonl", "sentiment", "sentiment",
+         extra_sources=("sentiment/amazon.jsonl",)),
+    Pair("movies->amazon", "sentiment/movies.jsonl", "sentiment/amazon.jsonl", "sentiment", "sentiment",
+         extra_sources=("sentiment/tweets.jsonl",)),
+    Pair("arc_easy->arc_challenge", "mc/arc_easy.jsonl", "mc/arc_challenge.jsonl", "mc", "mc",
+         extra_sources=("mc/commonsense_qa.jsonl", "mc/boolq.jsonl")),
+    Pair("commonsense_qa->openbook_qa", "mc/commonsense_qa.jsonl", "mc/openbook_qa.jsonl", "mc", "mc",
+         extra_sources=("mc/arc_easy.jsonl", "mc/boolq.jsonl")),
+    Pair("arc_easy->piqa", "mc/arc_easy.jsonl", "mc/piqa.jsonl", "mc", "mc",
+         extra_sources=("mc/commonsense_qa.jsonl", "mc/boolq.jsonl")),
+    Pair("boolq->arc_challenge", "mc/boolq.jsonl", "mc/arc_challenge.jsonl", "mc", "mc",
+         extra_sources=("mc/arc_easy.jsonl", "mc/commonsense_qa.jsonl")),
     Pair("fv_sentiment->ag_news", "function_vectors/sentiment.json", "function_vectors/ag_news.json", "pairs",
-         "pairs"),
+         "pairs", extra_sources=("function_vectors/antonym.json",)),
     Pair("english-spanish->english-french", "function_vectors/english-spanish.json",
-         "function_vectors/english-french.json", "pairs", "pairs"),
+         "function_vectors/english-french.json", "pairs", "pairs",
+         extra_sources=("function_vectors/english-german.json",)),
     Pair("antonym->country-capital", "function_vectors/antonym.json", "function_vectors/country-capital.json",
-         "pairs", "pairs"),
+         "pairs", "pairs", extra_sources=("function_vectors/english-spanish.json",)),
 )
 
 #: per-family sizes of the default suite (the rest of EvalConfig keeps SUITE_DEFAULTS)
@@ -94,9 +103,20 @@ def suite_configs(model: str, data_dir: str | Path, pairs: Sequence[str] | None 
             if not (data / rel).is_file():
                 raise SuiteError(f"{data / rel} not found: pass --data-dir (the shared data folder)")
         kwargs = {**SUITE_DEFAULTS, **FAMILY_SIZES[pair.family], **(overrides or {})}
+        methods = parse_methods(kwargs.get("methods", METHODS))
+        if "cast_multi_source" in methods and "extra_sources" not in kwargs:
+            if pair.extra_sources:
+                kwargs["extra_sources"] = tuple(str(data / rel) for rel in pair.extra_sources)
+            else:
+                logger.warning("%s: no extra sources for cast_multi_source; that method is left out of this pair",
+                               pair.name)
+                kwargs["methods"] = [m for m in methods if m != "cast_multi_source"]
         out.append((pair, EvalConfig(model=model, source=str(data / pair.source), target=str(data / pair.target),
                                      task=pair.task, name=pair.name, **kwargs)))
     return out
+
+
+_KEY_IF_SET = ("extra_sources", "similarity_threshold")
 
 
 def _config_key(cfg: EvalConfig, dtype: str = "float32") -> str:
@@ -104,6 +124,10 @@ def _config_key(cfg: EvalConfig, dtype: str = "float32") -> str:
     the default, so results written before it was recorded stay reusable."""
     d = cfg.to_json_dict()
     d["source"], d["target"] = Path(cfg.source).name, Path(cfg.target).name
+    d["extra_sources"] = [Path(p).name for p in cfg.extra_sources]
+    for name in _KEY_IF_SET:   # fields added later enter only when set, as the dtype does
+        if d[name] in ((), []) or d[name] == {f.name: f.default for f in fields(EvalConfig)}[name]:
+            del d[name]
     if dtype != "float32":
         d["engine_dtype"] = dtype
     return json.dumps(d, sort_keys=True, default=str)
@@ -162,6 +186,7 @@ def run_suite(model: str, out_dir: str | Path, *, data_dir: str | Path | None = 
             res["suite_config_key"] = _config_key(cfg, dtype)
             results.append(res)
             suite["seconds"] = time.perf_counter() - t0
+            suite["pairs"] = _with_other_pairs(results, previous)
             _write(json_path, suite)
             write_report(suite, out_dir / f"{stem}.md", out_dir / f"{stem}.png")
             logger.info("%s done in %.0f s", pair.name, res["timing"]["seconds_total"])
@@ -171,6 +196,7 @@ def run_suite(model: str, out_dir: str | Path, *, data_dir: str | Path | None = 
             backend.close()
     suite["seconds"] = time.perf_counter() - t0
     suite["seconds_new"] = sum(r["timing"]["seconds_total"] for r in results if r.get("name") not in previous)
+    suite["pairs"] = _with_other_pairs(results, previous)
     _write(json_path, suite)
     write_report(suite, out_dir / f"{stem}.md", out_dir / f"{stem}.png")
     return suite
@@ -178,3 +204,13 @@ def run_suite(model: str, out_dir: str | Path, *, data_dir: str | Path | None = 
 
 def _write(path: Path, data: dict) -> None:
     atomic_write_bytes(path, json.dumps(data, indent=1).encode())
+
+
+
+def _with_other_pairs(results: list[dict], previous: dict[str, dict]) -> list[dict]:
+    """This run's pairs and the finished pairs it did not ask for, in suite order: a run of
+    some pairs never drops the others' results."""
+    done = {r.get("name") for r in results}
+    order = {p.name: i for i, p in enumerate(DEFAULT_PAIRS)}
+    return sorted(results + [r for name, r in previous.items() if name not in done],
+                  key=lambda r: order.get(r.get("name", ""), len(order)))

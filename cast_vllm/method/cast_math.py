@@ -108,6 +108,34 @@ def similarity_weights(source_means: dict[str, np.ndarray], target_mean: np.ndar
     return {n: raw[k] / total for k, n in enumerate(names)}
 
 
+def relative_to_residual(directions: np.ndarray, residual_norms: np.ndarray) -> np.ndarray:
+    """``[layers, hidden]`` -> every layer resized to the same share of its residual norm, that
+    share being the median over layers of the input's own ``|v_l| / |h_l|``: at scale 1 the
+    vector is as large as before where it is typical, and no layer is far larger or smaller
+    than its stream (the few-shot shift's norm grows with depth, as the residual does, but
+    not in step)."""
+    directions = np.asarray(directions, dtype=np.float64)
+    residual_norms = np.asarray(residual_norms, dtype=np.float64)
+    if directions.ndim != 2 or residual_norms.shape != (directions.shape[0],):
+        raise ExtractionError(f"need [layers, hidden] directions and one residual norm per layer, got "
+                              f"{directions.shape} and {residual_norms.shape}")
+    if not (np.isfinite(residual_norms).all() and (residual_norms > 0).all()):
+        raise ExtractionError("residual norms must be positive and finite")
+    norms = np.linalg.norm(directions, axis=1)
+    live = norms > 0
+    if not live.any():
+        raise ExtractionError("the vector is zero at every layer")
+    share = float(np.median(norms[live] / residual_norms[live]))
+    scale = np.where(live, share * residual_norms / np.where(live, norms, 1.0), 0.0)
+    return (directions * scale[:, None]).astype(np.float32)
+
+
+def unique_names(stems: Sequence[str]) -> list[str]:
+    """Source names for ``similarity_weights``: file stems, made unique with ``#k`` (k: the
+    position) when two sources share one."""
+    return [s if list(stems).count(s) == 1 else f"{s}#{k}" for k, s in enumerate(stems)]
+
+
 def random_control_vector(vector: SteeringVector, seed: int = 0) -> SteeringVector:
     """A random direction per layer with the vector's per-layer norm: the control that must
     not help."""

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from cast_vllm.method.activations import ReaderConfig, encode_prompts, load_tokenizer, model_info, parse_layers
-from cast_vllm.method.cast_math import aggregate_differences, similarity_weights
+from cast_vllm.method.cast_math import aggregate_differences, similarity_weights, unique_names
 from cast_vllm.method.checkpoints import ShardCheckpoint
 from cast_vllm.method.options import ExtractionError, ExtractOptions
 from cast_vllm.method.pool import ActivationPool
@@ -174,8 +174,7 @@ def extract(options: ExtractOptions, progress=None, pool: ActivationPool | None 
 
 def source_names(results: Sequence[SourceResult]) -> list[str]:
     """File stems, made unique with ``#k`` when two sources share one."""
-    stems = [r.name for r in results]
-    return [s if stems.count(s) == 1 else f"{s}#{k}" for k, s in enumerate(stems)]
+    return unique_names([r.name for r in results])
 
 
 def _one_source(opt: ExtractOptions, path: str, spec: TaskSpec, pool: list[TaskItem], read, tokenizer,
