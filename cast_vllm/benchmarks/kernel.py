@@ -6,7 +6,9 @@ and writes the new residual. Table rows are counted per token even though a hand
 is shared by the whole batch and mostly served from L2, so this is the nominal traffic.
 
 With CUDA: the Triton kernel and the eager torch reference, timed by ``triton.testing.do_bench``.
-Without CUDA: only the torch reference on the CPU, which is what the CPU engine runs.
+Without CUDA: the torch reference on the CPU, eager (what an eager CPU engine runs) and through
+``torch.compile`` (``compiled_reference_ms``: what the compiled CPU engine runs, where Inductor
+fuses the whole op into one kernel per layer).
 Writes ``kernel_<device>.json`` and ``.png`` into ``--out-dir`` (``bench/results`` in a checkout).
 
     cast-vllm bench kernel [--tokens 64 256 ...] [--hidden 576 4096] [--out-dir DIR]
@@ -27,7 +29,7 @@ from cast_vllm.benchmarks import default_results_dir
 from cast_vllm.kernels.modes import MODE_ADD, MODE_NORM_PRESERVING   # torch-free, unlike the kernel
 
 # torch and the kernel load inside the functions, so `--help` works in any install.
-DEFAULT_TOKENS = [64, 256, 1024, 4096, 16384]
+DEFAULT_TOKENS = [16, 64, 256, 1024, 4096, 16384]   # 16: a decode step of batch 16
 DEFAULT_HIDDEN = [576, 4096]
 
 
@@ -99,6 +101,7 @@ def run(args: argparse.Namespace) -> dict:
         print("CUDA is not available: timing only the torch reference on the CPU "
               "(the Triton kernel needs a GPU; it is tested on the CPU with TRITON_INTERPRET=1).")
 
+    compiled = None if cuda else torch.compile(steer_residual_reference, dynamic=True)
     results = []
     for hidden_size in args.hidden:
         for num_tokens in args.tokens:
@@ -112,7 +115,8 @@ def run(args: argparse.Namespace) -> dict:
                 row["reference_ms"] = do_bench(lambda: steer_residual_reference(*inputs), return_mode="median")
             else:
                 row["reference_ms"] = time_cpu_ms(lambda: steer_residual_reference(*inputs))
-            for impl in ("triton", "reference"):
+                row["compiled_reference_ms"] = time_cpu_ms(lambda: compiled(*inputs))
+            for impl in ("triton", "reference", "compiled_reference"):
                 if f"{impl}_ms" in row:
                     row[f"{impl}_gbps"] = nbytes / (row[f"{impl}_ms"] * 1e-3) / 1e9
             results.append(row)
@@ -143,7 +147,7 @@ def plot(report: dict, path: Path) -> None:
     for hidden_size in sorted({r["hidden"] for r in report["results"]}):
         rows = [r for r in report["results"] if r["hidden"] == hidden_size]
         tokens = [r["tokens"] for r in rows]
-        for impl, style in (("triton", "-o"), ("reference", "--s")):
+        for impl, style in (("triton", "-o"), ("reference", "--s"), ("compiled_reference", ":^")):
             if f"{impl}_gbps" in rows[0]:
                 ax.plot(tokens, [r[f"{impl}_gbps"] for r in rows], style, label=f"{impl}, H={hidden_size}")
     ax.set_xscale("log", base=2)
