@@ -137,7 +137,7 @@ def _run_dtype(args, model: str, dtype: str) -> tuple[dict, list]:
                                                                              args.modes)
             if k != 0 or (layers, mode) == (args.layers[0], args.modes[0])]   # K=0 steers nothing: once
     for batch in args.batches:  # warm-up at every batch size (compile, caches, allocator)
-        for engine, k in ((plain, 0), (steered, "all")):
+        for engine, k in ((plain, 0), (steered, distinct)):   # every registered vector
             engine.generate(prompts(batch), params(batch, k, "all", args.modes[0]), use_tqdm=False)
     rows = {}
     for r in range(args.rounds):
