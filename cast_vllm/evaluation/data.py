@@ -26,7 +26,7 @@ class EvalData:
     dev: list[TaskItem]
     test: list[TaskItem]
     pool: list[TaskItem]               # source items the vectors and ICL demos come from
-    extra_pools: list[tuple[str, list[TaskItem]]]   # (file stem, pool) of each extra source, likewise cleaned
+    extra_pools: list[tuple[str, list[TaskItem]]]   # cast_multi_source's extra sources: (file stem, pool), likewise cleaned
     n_excluded: int                    # source items dropped for sharing a text with dev/test
     labels: scoring.LabelSet | None    # None: generation scoring
     zero_dev: list[str]                # zero-shot prompts of the dev items
@@ -42,7 +42,7 @@ def load_data(cfg: EvalConfig, tokenizer: Any) -> EvalData:
     dev, test = list(split.dev), list(split.test)
     pool, n_excluded = source_pool(source_items, dev + test, cfg.pool_size, cfg.split_seed)
     extra_pools = [(Path(path).stem, source_pool(load_task(path, sspec), dev + test, cfg.pool_size, cfg.split_seed)[0])
-                   for path in cfg.extra_sources]
+                   for path in (cfg.extra_sources if "cast_multi_source" in cfg.methods else ())]
     closed = is_closed_label_task(target_items, cfg.max_labels)
     if cfg.scoring == "labels" and not closed:
         raise EvalConfigError(f"{cfg.target}: {len({it.answer for it in target_items})} distinct outputs; label "

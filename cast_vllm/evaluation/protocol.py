@@ -85,5 +85,4 @@ def source_vectors(cfg: EvalConfig, backend: EvalBackend, data: EvalData) -> Sou
                              model=cfg.model, name=name, target_prompts=data.zero_dev, extra_sources=extra_sources,
                              similarity_threshold=cfg.similarity_threshold)
 
-    extras = [vectors_of(pool, name) for name, pool in data.extra_pools] if "cast_multi_source" in cfg.methods else []
-    return vectors_of(data.pool, Path(cfg.source).stem, extras)
+    return vectors_of(data.pool, Path(cfg.source).stem, [vectors_of(pool, name) for name, pool in data.extra_pools])
